@@ -601,3 +601,12 @@ def summarize(all_metrics: list[dict], phase: str = "post") -> dict:
                 port.append(float(np.mean(vals)))
         out["Exact_Match_Portability"] = float(np.mean(port)) if port else None
     return out
+
+
+TABLE_COLUMNS = {"Edit Succ.": "Edit_Succ", "Portability": "Portability", "Locality": "Locality",
+                 "Fluency": "Fluency", "Exact Match": "Exact_Match", "Rephrase": "Rephrase"}
+
+
+def table_numbers(summary: dict) -> dict:
+    """`summarize()`'s numbers under the column names of KnowEdit's tables ("Edit Succ.", ...)."""
+    return {column: summary.get(key) for column, key in TABLE_COLUMNS.items()}

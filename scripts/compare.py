@@ -12,6 +12,10 @@ matplotlib). PREFIX defaults to <first RESULTS_DIR>/comparison.
 Rows are labelled by method (plus the model when several models occur); runs that would share a row and a
 dataset are told apart by their folder relative to the RESULTS_DIR, e.g. a sweep's "method.hparams.p=0.5".
 Runs still in progress (summary.json with complete: false) are marked with "*".
+
+--common compares like with like: for each dataset (the same data file), every run's numbers are recomputed
+from its cases.jsonl over the case ids that all of that dataset's runs finished without error (a 100-case
+KNE run next to a 20-case baseline is then scored on those 20). The case-count table says how many.
 """
 
 from __future__ import annotations
@@ -57,6 +61,47 @@ def find_summaries(roots: list[str]) -> list[dict]:
     return runs
 
 
+def _case_records(run: dict) -> dict[int, dict]:
+    """Finished, error-free cases of a run: {case_id: record} from the cases.jsonl beside its summary."""
+    path = Path(run["path"]) / "cases.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: --common needs the cases.jsonl beside summary.json")
+    records = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut short by a run that was killed while writing
+                continue
+            if isinstance(rec, dict) and "case_id" in rec and "error" not in rec:
+                records.setdefault(int(rec["case_id"]), rec)
+    return records
+
+
+def restrict_to_common(runs: list[dict]) -> None:
+    """Recompute every run's table numbers over the cases shared by all runs of its dataset (in place)."""
+    from easyedit_kne.evaluate import summarize, table_numbers
+
+    groups: dict = {}
+    for r in runs:
+        data = r["summary"].get("data") or {}
+        groups.setdefault((_dataset(r["summary"]), data.get("path")), []).append(r)
+    for (dataset, path), members in groups.items():
+        records = [_case_records(r) for r in members]
+        common = sorted(set.intersection(*(set(rec) for rec in records)))
+        if not common:
+            raise ValueError(f"--common: the runs on {dataset} ({path}) share no finished case")
+        for r, rec in zip(members, records, strict=True):
+            cases = [{"pre": rec[c]["pre"], "post": rec[c]["post"]} for c in common]
+            s = dict(r["summary"], **table_numbers(summarize(cases)))
+            timings = dict(s.get("timings") or {})
+            for key, field in (("edit_s_per_case", "edit_s"), ("evaluation_s_per_case", "eval_s")):
+                timings[key] = sum(rec[c]["timing"][field] for c in common) / len(common)
+            s.update(n_cases=len(common), n_expected=len(common), complete=True, timings=timings,
+                     n_cases_in_run=len(rec))
+            r["summary"] = s
+
+
 def _dataset(s: dict) -> str:
     return str((s.get("data") or {}).get("type") or "?")
 
@@ -86,6 +131,12 @@ def _fmt(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _cases(s: dict) -> str:
+    if "n_cases_in_run" in s:
+        return f"{s.get('n_cases')} common ({s['n_cases_in_run']} in the run)"
+    return f"{s.get('n_cases')}/{s.get('n_expected')}"
+
+
 def tables(runs: list[dict], digits: int = 2) -> str:
     datasets = [d for d in DATASETS if any(_dataset(r["summary"]) == d for r in runs)]
     datasets += sorted({_dataset(r["summary"]) for r in runs} - set(datasets))
@@ -93,7 +144,9 @@ def tables(runs: list[dict], digits: int = 2) -> str:
     cell = {(r["label"], _dataset(r["summary"])): r for r in runs}
     head = ["Method"] + [f"{DATASETS.get(d, d)} {m}" for d in datasets for m in METRICS]
     lines = ["Column groups (datasets): " + " | ".join(DATASETS.get(d, d) for d in datasets)
-             + "; metrics x100 (Fluency: n-gram entropy x100); * = run not complete", "",
+             + "; metrics x100 (Fluency: n-gram entropy x100); * = run not complete"
+             + ("; every run scored on the cases all runs of its dataset finished (--common)"
+                if any("n_cases_in_run" in r["summary"] for r in runs) else ""), "",
              "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for label in labels:
         row = [label]
@@ -117,7 +170,7 @@ def tables(runs: list[dict], digits: int = 2) -> str:
                 continue
             s, t = r["summary"], r["summary"].get("timings") or {}
             lines.append(
-                f"| {label} | {DATASETS.get(d, d)} | {s.get('n_cases')}/{s.get('n_expected')} | "
+                f"| {label} | {DATASETS.get(d, d)} | {_cases(s)} | "
                 f"{_fmt(s.get('Exact Match'), digits)} | {s.get('edit_mode')} bs {s.get('batch_size')} | "
                 f"{_fmt(t.get('localization_s'), 1)} | {_fmt(t.get('edit_s_per_case'), 2)} | "
                 f"{_fmt(t.get('evaluation_s_per_case'), 2)} |")
@@ -186,11 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-prefix", default=None, help="writes PREFIX.md, PREFIX.csv, PREFIX.png "
                                                       "(default: <first RESULTS_DIR>/comparison)")
     p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--common", action="store_true",
+                   help="score every run of a dataset on the cases all of them finished (from cases.jsonl)")
     args = p.parse_args(argv)
     runs = find_summaries(args.results)
     if not runs:
         print(f"no summary.json under {', '.join(args.results)}", file=sys.stderr)
         return 1
+    if args.common:
+        restrict_to_common(runs)
     label_runs(runs)
     text = tables(runs, args.digits)
     sys.stdout.write(text)

@@ -594,13 +594,8 @@ class Runner:
         return summary
 
 
-def _metric_block(s: dict) -> dict:
-    return {"Edit Succ.": s.get("Edit_Succ"), "Portability": s.get("Portability"), "Locality": s.get("Locality"),
-            "Fluency": s.get("Fluency"), "Exact Match": s.get("Exact_Match"), "Rephrase": s.get("Rephrase")}
-
-
 def build_summary(records: dict, context: dict, complete: bool) -> dict:
-    from easyedit_kne.evaluate import summarize
+    from easyedit_kne.evaluate import summarize, table_numbers
 
     expected = context["case_ids"]
     done = [records[c] for c in expected if c in records]
@@ -620,13 +615,13 @@ def build_summary(records: dict, context: dict, complete: bool) -> dict:
         timings["edit_s_per_case"] = round(timings["edit_s"] / len(ok), 4)
         timings["evaluation_s_per_case"] = round(timings["evaluation_s"] / len(ok), 4)
     summary = {
-        **_metric_block(post),
+        **table_numbers(post),
         "n_cases": len(ok),
         "n_expected": len(expected),
         "n_errors": len(done) - len(ok),
         "complete": bool(complete and len(done) == len(expected)),
         "timings": timings,
-        "pre_edit": _metric_block(pre),
+        "pre_edit": table_numbers(pre),
         "by_key": {"Portability": post.get("Portability_by_key"), "Locality": post.get("Locality_by_key"),
                    "Exact_Match_Rephrase": post.get("Exact_Match_Rephrase"),
                    "Exact_Match_Portability": post.get("Exact_Match_Portability")},

@@ -7,6 +7,7 @@ in process through Hydra's compose API (one test goes through the command line).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -325,6 +326,39 @@ def test_compare_tells_sweep_runs_apart(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| KNE (method.hparams.p=0.5) | 60.00* |" in text and "| KNE (method.hparams.p=1) | 70.00 |" in text
     assert not math.isnan(float(Path(tmp_path / "cmp.csv").read_text().splitlines()[1].split(",")[9]))
+
+
+def _case(cid: int, rewrite: float, error: bool = False) -> dict:
+    if error:
+        return {"case_id": cid, "error": "boom"}
+    metrics = {"rewrite_acc": [rewrite], "locality": {}, "portability": {}}
+    return {"case_id": cid, "pre": metrics, "post": metrics,
+            "timing": {"localization_s": 0.0, "edit_s": 2.0 * (cid + 1), "eval_s": 1.0}}
+
+
+def test_compare_common_scores_runs_on_shared_cases(tmp_path, capsys):
+    """--common: a 4-case run next to a 2-case run (one case failed) is scored on the 2 cases both finished."""
+    big, small = tmp_path / "KNE", tmp_path / "FT-L"
+    runs = {big: ("KNE", [_case(0, 1.0), _case(1, 0.5), _case(2, 0.0), _case(3, 0.0)]),
+            small: ("FT-L", [_case(0, 0.25), _case(1, 0.0, error=True), _case(2, 0.75)])}
+    for folder, (method, cases) in runs.items():
+        folder.mkdir()
+        summary = dict(fake_summary(method, "zsre", 0.0), data={"type": "zsre", "path": "/d/zsre.json"})
+        (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+        lines = [json.dumps(c) for c in cases]
+        (folder / "cases.jsonl").write_text("\n".join(lines) + "\n" + '{"case_id": 5, "pre', encoding="utf-8")
+    assert compare.main([str(big), str(small), "--common", "--out-prefix", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "| FT-L | 50.00 |" in text  # cases 0 and 2: (0.25 + 0.75) / 2
+    assert "| KNE | 50.00 |" in text  # cases 0 and 2: (1.0 + 0.0) / 2, not the 4-case mean 37.5
+    assert "| KNE | ZsRE | 2 common (4 in the run) |" in text and "--common" in text
+    assert "| FT-L | ZsRE | 2 common (2 in the run) |" in text
+    row = next(r for r in csv.DictReader(open(tmp_path / "cmp.csv")) if r["method"] == "KNE")
+    assert float(row["edit_s_per_case"]) == 4.0  # (2 + 6) / 2
+    (small / "cases.jsonl").write_text(json.dumps(_case(1, 0.5)) + "\n", encoding="utf-8")
+    (big / "cases.jsonl").write_text(json.dumps(_case(0, 0.5)) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="share no finished case"):
+        compare.main([str(big), str(small), "--common", "--out-prefix", str(tmp_path / "cmp2")])
 
 
 @pytest.mark.parametrize("name,key", [("p", "method.hparams.p"), ("loc_size", "localization.size"),
