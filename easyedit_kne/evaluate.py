@@ -312,7 +312,9 @@ def _clean_generated(text: str) -> str:
 def generate_fast(model, tok, prompts, n_gen_per_prompt: int = 1, top_k: int = 5, max_out_len: int = 200,
                   generator: torch.Generator | None = None) -> list[str]:
     """EasyEdit's generate_fast: top-k sampling until the sequence (prompt included) has max_out_len
-    tokens; returns the decoded texts, prompt included. No stop at eos."""
+    tokens; returns the decoded texts, prompt included. No stop at eos. One unpadded prompt at a time and
+    no attention mask, as EasyEdit does for models whose name contains "llama" (for other names it passes
+    a mask of the uncached tokens only, which transformers 5 misreads and the text degenerates)."""
     device = next(model.parameters()).device
     texts = []
     for prompt in [p for p in _as_list(prompts) for _ in range(n_gen_per_prompt)]:

@@ -309,3 +309,82 @@ def test_precomputed_ensemble_and_cache_through_base_editor(registered, model_di
     editor = make_editor(model_dir, cache_dir=str(cache_dir))
     editor.edit(sequential_edit=False, **edit_args(EDITS[:1], NEIGHBOURS[:1]))
     assert len(list(cache_dir.rglob("*.safetensors"))) == 1
+
+
+# ------------------------------------------------------------------------------------------------------
+def _quality_requests():
+    """KnowEdit-shaped requests: rephrase, two locality keys and two portability keys (one with 2 prompts)."""
+    out = []
+    for fact, other, third in zip(EDITS, NEIGHBOURS, [tm.FACTS[2], tm.FACTS[10], tm.FACTS[18]], strict=True):
+        out.append({
+            "prompt": fact["prompt"], "target_new": fact["target_new"], "ground_truth": fact["target_true"],
+            "subject": fact["subject"], "rephrase_prompt": fact["rephrase_prompt"],
+            "locality": {"Relation_Specificity": {"prompt": [other["prompt"], third["prompt"]],
+                                                  "ground_truth": [other["target_true"], third["target_true"]]},
+                         "Forgetfulness": {"prompt": third["rephrase_prompt"], "ground_truth": third["target_true"]}},
+            "portability": {"Subject_Aliasing": {"prompt": [fact["rephrase_prompt"], fact["prompt"]],
+                                                 "ground_truth": [fact["target_new"], fact["target_new"]]},
+                            "reasoning": {"prompt": other["prompt"], "ground_truth": other["target_true"]}},
+        })
+    return out
+
+
+def _without_meta(metrics):
+    return {k: v for k, v in metrics.items() if k != "metric_meta"}
+
+
+def test_metrics_equal_easyedit_compute_edit_quality(fact_model):
+    """Our evaluate.compute_edit_quality + finalize_locality_metrics give EasyEdit's numbers, before and after
+    a real KNE edit; our fluency samples the same text as EasyEdit's generate_fast from the same seed and our
+    n-gram entropy equals EasyEdit's on it (EasyEdit's word tokenizer needs NLTK data that cannot be downloaded
+    here, so its nltk.word_tokenize is given ours; test_evaluate.py checks ours against NLTK's output)."""
+    import copy
+
+    from easyeditor.editors.editor import finalize_locality_metrics as ee_finalize
+    from easyeditor.evaluate import evaluate as ee_eval
+    from easyeditor.evaluate import evaluate_utils as ee_utils
+    from easyeditor.util.generate import generate_fast as ee_generate_fast
+
+    from easyedit_kne import evaluate as ev
+    from easyedit_kne.kne_main import apply_kne_to_model
+
+    model, tok = fact_model.model, fact_model.tok
+    hp = KNEHyperParams(model_name="kne-fact-llama", **FAST)
+    requests = _quality_requests()
+    edited = copy.deepcopy(model)
+    apply_kne_to_model(edited, tok, requests, hp, copy=False)
+    compared = 0
+    for request in requests:
+        case_ours, case_theirs = {}, {}
+        for phase, m in (("pre", model), ("post", edited)):
+            theirs = ee_eval.compute_edit_quality(m, hp.model_name, hp, tok, copy.deepcopy(request), "cpu")
+            ours = ev.compute_edit_quality(m, tok, request, max_length=hp.max_length)
+            assert _without_meta(ours) == _without_meta(theirs), phase
+            case_ours[phase], case_theirs[phase] = ours, theirs
+            compared += 1
+        ev.finalize_locality_metrics(case_ours, request)
+        ee_finalize(case_theirs, request, hp, hp.model_name)
+        assert case_ours["post"]["locality"] == case_theirs["post"]["locality"]
+        assert {"Relation_Specificity_acc", "Forgetfulness_acc"} <= set(case_ours["post"]["locality"])
+    assert compared == 6
+    # the edit moved the numbers: both implementations saw an edited model, not two copies of one
+    assert case_ours["post"]["rewrite_acc"] != case_ours["pre"]["rewrite_acc"]
+
+    prompt = requests[0]["prompt"]
+    # EasyEdit's generate_fast passes no attention mask to models whose name has "llama" (the SmolLM2 folder's
+    # does); otherwise it passes a mask of the uncached tokens only, which transformers 5 reads as the whole
+    # sequence's mask and the sampled text degenerates. Ours runs an unpadded prompt without a mask.
+    model = copy.deepcopy(model)
+    model.name_or_path = "kne-fact-llama"
+    torch.manual_seed(123)
+    their_text = ee_generate_fast(model, tok, [prompt], n_gen_per_prompt=1, max_out_len=40)
+    torch.manual_seed(123)
+    our_text = ev.generate_fast(model, tok, [prompt], n_gen_per_prompt=1, max_out_len=40)
+    assert our_text == their_text and len(tok(our_text[0])["input_ids"]) > len(tok(prompt)["input_ids"])
+    real_tokenize = ee_utils.nltk.word_tokenize
+    ee_utils.nltk.word_tokenize = ev.word_tokenize
+    try:
+        theirs = ee_utils.n_gram_entropy(our_text)
+    finally:
+        ee_utils.nltk.word_tokenize = real_tokenize
+    assert ev.n_gram_entropy(our_text) == pytest.approx(theirs, rel=1e-12)
