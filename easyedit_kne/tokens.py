@@ -134,16 +134,21 @@ def encode_requests(tok, requests, max_length: int, first_index: int = 0) -> Enc
     return EncodedBatch(input_ids, attention_mask, labels, [len(e.ids) for e in encoded])
 
 
+def _gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log-softmax of `logits` (B, N, V) at `targets` (B, N); IGNORE_INDEX targets are zero in both outputs."""
+    targets = targets.to(logits.device)
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    gathered = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return gathered * mask, mask
+
+
 def target_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log P(y_t | y_<t) at every target position: the logits at t-1 predict the token at t.
 
     Returns (logprobs (B, T-1), mask (B, T-1)); positions that are not targets are zero in both.
     """
-    shifted = labels[:, 1:].to(logits.device)
-    mask = shifted != IGNORE_INDEX
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    gathered = logp.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return gathered * mask, mask
+    return _gather_logprobs(logits[:, :-1], labels[:, 1:])
 
 
 def prediction_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -154,8 +159,4 @@ def prediction_positions(labels: torch.Tensor) -> torch.Tensor:
 def logprobs_at(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like `target_logprobs` for logits computed only at `positions` (B, len(positions), V)."""
-    chosen = labels[:, positions.to(labels.device) + 1].to(logits.device)
-    mask = chosen != IGNORE_INDEX
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    gathered = logp.gather(-1, chosen.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return gathered * mask, mask
+    return _gather_logprobs(logits, labels[:, positions.to(labels.device) + 1])
