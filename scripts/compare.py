@@ -63,19 +63,13 @@ def find_summaries(roots: list[str]) -> list[dict]:
 
 def _case_records(run: dict) -> dict[int, dict]:
     """Finished, error-free cases of a run: {case_id: record} from the cases.jsonl beside its summary."""
-    path = Path(run["path"]) / "cases.jsonl"
+    from run_knowedit import CASES, parse_case_lines  # the runner's own reading of its case log (read only)
+
+    path = Path(run["path"]) / CASES
     if not path.exists():
         raise FileNotFoundError(f"{path}: --common needs the cases.jsonl beside summary.json")
-    records = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:  # a line cut short by a run that was killed while writing
-                continue
-            if isinstance(rec, dict) and "case_id" in rec and "error" not in rec:
-                records.setdefault(int(rec["case_id"]), rec)
-    return records
+    records, _, _ = parse_case_lines(path.read_bytes(), path)
+    return {cid: rec for cid, rec in records.items() if "error" not in rec}
 
 
 def restrict_to_common(runs: list[dict]) -> None:

@@ -86,6 +86,33 @@ class StopAfter(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ results file
+def parse_case_lines(data: bytes, path) -> tuple[dict[int, dict], int, int]:
+    """Case records of a cases.jsonl's bytes: ({case_id: the first record of that id}, the byte offset where
+    the good lines end, the number of duplicate ids). An unparsable last line (a write cut short) ends the
+    good part; an unparsable line anywhere else raises (the file is damaged, not truncated)."""
+    records: dict[int, dict] = {}
+    offset, good_end, duplicates = 0, 0, 0
+    for lineno, raw in enumerate(data.splitlines(keepends=True), 1):
+        end = offset + len(raw)
+        if raw.strip():
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict) or "case_id" not in rec:
+                    raise ValueError("not a case record")
+            except ValueError as err:
+                if end == len(data):  # the last line: a write cut short
+                    break
+                raise ValueError(f"{path}: line {lineno} is not a case record ({err}); the file is "
+                                 "damaged (not just truncated): fix or delete it") from None
+            cid = int(rec["case_id"])
+            if cid in records:
+                duplicates += 1
+            else:
+                records[cid] = rec
+        offset = good_end = end
+    return records, good_end, duplicates
+
+
 class CaseLog:
     """An append-only JSON-lines file of finished cases, keyed by "case_id", that survives being killed.
 
@@ -105,26 +132,7 @@ class CaseLog:
         if not self.path.exists():
             return self.records
         data = self.path.read_bytes()
-        offset, good_end, lineno = 0, 0, 0
-        for raw in data.splitlines(keepends=True):
-            lineno += 1
-            end = offset + len(raw)
-            if raw.strip():
-                try:
-                    rec = json.loads(raw)
-                    if not isinstance(rec, dict) or "case_id" not in rec:
-                        raise ValueError("not a case record")
-                except ValueError as err:
-                    if end == len(data):  # the last line: a write cut short
-                        break
-                    raise ValueError(f"{self.path}: line {lineno} is not a case record ({err}); the file is "
-                                     "damaged (not just truncated): fix or delete it") from None
-                cid = int(rec["case_id"])
-                if cid in self.records:
-                    self.duplicates += 1
-                else:
-                    self.records[cid] = rec
-            offset = good_end = end
+        self.records, good_end, self.duplicates = parse_case_lines(data, self.path)
         if good_end < len(data) or (good_end and not data[:good_end].endswith(b"\n")):
             self.dropped_tail = len(data) - good_end
             with open(self.path, "r+b") as f:
