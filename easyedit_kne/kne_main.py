@@ -27,41 +27,10 @@ from tqdm.auto import tqdm
 from .ensemble import KnowledgeNeuronalEnsemble
 from .hooks import Hooks
 from .localization import localization_requests, localize
-from .modules import is_conv1d
+from .merge import SparseUpdate, merge_checked, merge_updates
 from .tokens import check_requests, encode_requests, logprobs_at, prediction_positions
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda's
-
-
-@dataclass
-class SparseUpdate:
-    name: str
-    module: torch.nn.Module
-    axis: str
-    index: torch.Tensor  # selected neurons, on the module's device
-    block: torch.Tensor  # P, fp32, trainable
-    scale: float  # α/√n
-
-    def delta_output(self, x: torch.Tensor) -> torch.Tensor:
-        if self.axis == "in":
-            return (x.index_select(-1, self.index).float() @ self.block) * self.scale
-        return (x.float() @ self.block.t()) * self.scale
-
-    def add_to_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        delta = self.delta_output(x).to(y.dtype)
-        if self.axis == "in":
-            return y + delta
-        return y.index_add(-1, self.index, delta)
-
-    def storage_slices(self):
-        """(dim, delta) to add into the stored weight along `dim` at `index`."""
-        delta = (self.block.detach() * self.scale)  # n × other
-        transposed = is_conv1d(self.module)  # Conv1D stores [d_in, d_out]
-        # map layout [d_out, d_in]: in axis -> columns (dim 1), out axis -> rows (dim 0)
-        dim = 1 if self.axis == "in" else 0
-        if transposed:
-            dim = 1 - dim
-        return dim, (delta.t() if dim == 1 else delta)
 
 
 @dataclass
@@ -72,6 +41,13 @@ class EditStats:
     losses: list = field(default_factory=list)
     num_neurons: int = 0
     parameter_fraction: float = 0.0
+    # the edit on the merged weights (merge.py): training's goal reached with the hooks, then on the merged model
+    trained_holds: bool = False
+    merged_loss: float | None = None
+    merged_accuracy: float | None = None
+    merged_min_prob: float | None = None
+    repair_rounds: int = 0  # training rounds run on the merged model because the merge lost the edit
+    edit_holds: bool | None = None
 
 
 @contextmanager
@@ -119,6 +95,7 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
     params = [u.block for u in updates]
     opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
     positions = prediction_positions(batch.labels)
+    stats.trained_holds = False
     with frozen(model), Hooks() as hooks, torch.enable_grad():
         for u in updates:
             hooks.forward(u.module, _hook(u))
@@ -136,40 +113,18 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
                     f"KNE edit: the loss became {value} at step {step}; lower lr (now {hparams.lr}) "
                     "or alpha; the model was left unchanged")
             if value < hparams.t_loss:
+                stats.trained_holds = True
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            stats.steps = step + 1
+            stats.steps += 1
     # a non-finite gradient at the last step would otherwise reach the weights unseen by the loss check
     bad = [u.name for u in updates if not bool(torch.isfinite(u.block).all())]
     if bad:
         raise FloatingPointError(
             f"KNE edit: the update of {', '.join(bad)} became non-finite after {stats.steps} steps; lower lr "
             f"(now {hparams.lr}) or alpha; the model was left unchanged")
-
-
-def merge_updates(model, updates: list[SparseUpdate]) -> None:
-    """Add each update into its weight in place (fp32 accumulation); all or nothing."""
-    written = []
-    try:
-        with torch.no_grad():
-            for u in updates:
-                weight = u.module.weight
-                dim, delta = u.storage_slices()
-                old = weight.index_select(dim, u.index)
-                new = (old.float() + delta.to(weight.device)).to(weight.dtype)
-                if not bool(torch.isfinite(new).all()) and bool(torch.isfinite(old).all()):
-                    raise FloatingPointError(
-                        f"KNE merge: {u.name}.weight would hold non-finite values in {weight.dtype} "
-                        "(overflow); lower lr or alpha; the model was left unchanged")
-                written.append((weight, dim, u.index, old))
-                weight.index_copy_(dim, u.index, new)
-    except BaseException:
-        with torch.no_grad():
-            for weight, dim, index, old in reversed(written):
-                weight.index_copy_(dim, index, old)
-        raise
 
 
 def prepare_edit(model, tok, requests, hparams, copy: bool):
@@ -232,7 +187,14 @@ def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return
         train_updates(model, batch, updates, hparams, stats, progress)
         stats.train_seconds = time.perf_counter() - start
         phase = "merge"
-        weights_copy = merge_with_copy(model, updates, return_orig_weights)
+
+        def retrain():
+            more = build_updates(model, ensemble, hparams.alpha)
+            train_updates(model, batch, more, hparams, stats, progress)
+            return more
+
+        weights_copy = merge_checked(model, batch, updates, lambda check: check.loss < hparams.t_loss, retrain,
+                                     stats, return_orig_weights, "KNE")
     except OutOfMemoryError as err:
         raise OutOfMemoryError(
             f"KNE ran out of memory during {phase} ({str(err).strip() or type(err).__name__}); the model was "

@@ -363,15 +363,19 @@ def test_copy_leaves_input_model_untouched(fact_model_copy):
     assert _same(model, original)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16])
-def test_half_precision_model(tiny_tok, dtype):
-    model = tm.make_model("llama", tiny_tok).to(dtype)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model(fact_model_copy, dtype):
+    """In bf16/fp16 the edit holds on the merged weights, with the fixture's trained tokenizer."""
+    fm = fact_model_copy
+    model = fm.model.to(dtype)
+    facts = fm.facts[0:1]
     original = _state(model)
     stats = FiNEStats()
-    model, wc = apply_fine_to_model(model, tiny_tok, [REQUEST], FiNEHyperParams(**HP), return_orig_weights=True,
-                                    stats=stats)
+    hp = FiNEHyperParams(**FACT_HP)
+    model, wc = apply_fine_to_model(model, fm.tok, _requests(facts), hp, return_orig_weights=True, stats=stats)
     assert all(v.dtype == dtype for v in wc.values()) and all(p.dtype == dtype for p in model.parameters())
-    assert stats.losses[-1] < stats.losses[0] and not _same(model, original)
+    assert stats.early_stopped and stats.edit_holds, stats
+    assert stats.merged_min_prob > hp.early_stop_prob and stats.merged_accuracy == 1.0
+    assert tm.fact_hits(model, fm.tok, facts, target_key="target_new") == [True]
     _restore(model, wc)
     assert _same(model, original)
-

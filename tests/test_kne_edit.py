@@ -129,14 +129,22 @@ def test_merged_weights_equal_the_hooked_model(tiny_gpt2, tiny_tok):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_models(tiny_tok, dtype):
-    model = tm.make_model("llama", tiny_tok).to(dtype)
-    hp = KNEHyperParams(model_name="x", ig_steps=3, p=20, num_steps=10, lr=0.1)
+def test_half_precision_models(fact_model_copy, dtype):
+    """In bf16/fp16 the edit holds on the merged weights (not only in the fp32 hook), with the fixture's
+    trained tokenizer; weights_copy restores the model."""
+    fm = fact_model_copy
+    model = fm.model.to(dtype)
+    facts = fm.facts[:2]
+    hp = KNEHyperParams(**dict(EDIT_HP, t_loss=0.5))
     original = _state(model)
     stats = EditStats()
-    model, wc = apply_kne_to_model(model, tiny_tok, [{"prompt": "Kiva speaks", "target_new": "Dutch"}], hp,
-                                   return_orig_weights=True, stats=stats)
+    model, wc = apply_kne_to_model(model, fm.tok, _requests(facts), hp, return_orig_weights=True, stats=stats)
     assert all(v.dtype == dtype for v in wc.values())
     assert all(p.dtype == dtype for p in model.parameters())
-    assert stats.losses[-1] < stats.losses[0]
-    assert not _same(model, original)
+    assert stats.trained_holds and stats.edit_holds, stats
+    assert stats.merged_loss < hp.t_loss and stats.merged_accuracy == 1.0
+    assert tm.fact_hits(model, fm.tok, facts, target_key="target_new") == [True, True]
+    with torch.no_grad():
+        for k, v in wc.items():
+            model.get_parameter(k)[...] = v
+    assert _same(model, original)

@@ -3,7 +3,8 @@
 After localization (`locate.py`), each selected neuron i of layer l gets a zero-initialized delta δ_{l,i}
 (a vector of the hidden size) added to its value vector W_down^l[:, i]. While training, the value module
 computes y + a[..., idx] @ Δ (a hook; `kne_main.SparseUpdate` with axis "in" and scale 1, O(n·d) per
-token); afterwards Δ is added into the weights (`kne_main.merge_updates`) and every hook is removed.
+token); afterwards Δ is added into the weights (`merge.merge_checked`, which also checks that the edit holds
+on the merged weights) and every hook is removed.
 
 Loss (per request, then averaged over the requests of the batch), following the paper's editing objective and the
 authors' `execute_fine` (github.com/opanhw/FiNE, easyeditor/models/fine/fine_main.py); the code below is
@@ -43,7 +44,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..hooks import Hooks
-from ..kne_main import EditStats, SparseUpdate, _hook, frozen, merge_with_copy, prepare_edit
+from ..kne_main import EditStats, _hook, frozen, prepare_edit
+from ..merge import SparseUpdate, merge_checked
 from ..modules import model_device
 from ..tokens import IGNORE_INDEX, EncodedBatch, target_logprobs
 from .locate import FiNELocation, locate
@@ -143,6 +145,7 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
     original_logp = torch.log_softmax(location.logits.to(device).float(), dim=-1)
     blocks = [u.block for u in updates]
     opt = torch.optim.Adam(blocks, lr=hparams.lr, weight_decay=hparams.weight_decay)
+    stats.trained_holds = False
     with frozen(model), Hooks() as hooks, torch.enable_grad():
         for u in updates:
             hooks.forward(u.module, _hook(u))
@@ -159,12 +162,19 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
                     f"FiNE edit: the loss became {value} at step {step}; lower lr (now {hparams.lr}); "
                     "the model was left unchanged")
             if hparams.early_stop_prob is not None and bool((min_prob > hparams.early_stop_prob).all()):
-                stats.early_stopped = True
+                stats.early_stopped = stats.trained_holds = True
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            stats.steps = step + 1
+            stats.steps += 1
+
+
+def edit_holds(check, hparams) -> bool:
+    """FiNE's goal on the merged model: every target token above early_stop_prob (else: every one the argmax)."""
+    if hparams.early_stop_prob is None:
+        return check.accuracy >= 1.0
+    return check.min_prob > hparams.early_stop_prob
 
 
 def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, return_orig_weights: bool = False,
@@ -196,9 +206,16 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         start = time.perf_counter()
         train_fine(model, batch, location, updates, hparams, stats, progress)
         stats.train_seconds = time.perf_counter() - start
-        location.logits = None  # free the (B, T, V) logits; the rest of the location stays in stats
         phase = "merge"
-        weights_copy = merge_with_copy(model, updates, return_orig_weights)
+
+        def retrain():
+            more = build_fine_updates(location)
+            train_fine(model, batch, location, more, hparams, stats, progress)
+            return more
+
+        weights_copy = merge_checked(model, batch, updates, lambda check: edit_holds(check, hparams), retrain,
+                                     stats, return_orig_weights, "FiNE")
+        location.logits = None  # free the (B, T, V) logits; the rest of the location stays in stats
     except OutOfMemoryError as err:
         raise OutOfMemoryError(
             f"FiNE ran out of memory during {phase} ({str(err).strip() or type(err).__name__}); the model was "
