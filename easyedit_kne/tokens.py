@@ -1,9 +1,10 @@
 """Teacher-forced encoding of edit requests, shared by attribution, training and evaluation.
 
 The text is `f"{prompt} {target_new}"` (EasyEdit's convention); the target tokens are the tokens of
-that text after the tokens of `prompt` alone. Prompts longer than `max_length` allows are cut from the
-left (the beginning-of-sequence token, if the tokenizer adds one, is kept) with a warning, so the same
-tokens are seen whichever step uses them.
+that text after the tokens of `prompt` alone, which must be a prefix of them (checked per request, with an
+error naming the request; an EOS that the tokenizer appends to every text is dropped). Prompts longer
+than `max_length` allows are cut from the left (the beginning-of-sequence token, if the tokenizer adds
+one, is kept) with a warning, so the same tokens are seen whichever step uses them.
 """
 
 from __future__ import annotations
@@ -52,9 +53,40 @@ class EncodedText:
     n_prompt: int  # how many of them belong to the prompt
 
 
+def _drop_appended_eos(tok, prompt_ids: list, full_ids: list) -> tuple[list, list]:
+    """A tokenizer whose post-processor appends EOS to every text would put it at the end of the prompt's
+    tokens too; it is dropped from both (the target is the answer's tokens, not an end of text)."""
+    eos = tok.eos_token_id
+    if eos is not None and prompt_ids and full_ids and prompt_ids[-1] == eos and full_ids[-1] == eos:
+        return prompt_ids[:-1], full_ids[:-1]
+    return prompt_ids, full_ids
+
+
+def check_boundary(tok, prompt: str, target: str, prompt_ids: list, full_ids: list, index: int) -> None:
+    """The prompt's tokens must be a prefix of the tokens of `prompt + " " + target`, else the target tokens
+    cannot be told apart (a SentencePiece piece spanning the boundary, a tokenizer that rewrites the text)."""
+    n = len(prompt_ids)
+    if full_ids[:n] == list(prompt_ids):
+        return
+    k = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b),
+             min(n, len(full_ids)))
+    alone = tok.convert_ids_to_tokens(list(prompt_ids[k:]))
+    joined = tok.convert_ids_to_tokens(list(full_ids[k:k + len(alone) + 1]))
+    fix = ("remove the trailing whitespace from the prompt (the text is prompt + ' ' + target_new)"
+           if prompt != prompt.rstrip() else
+           "end the prompt at a word boundary and start target_new with a new word, or use a tokenizer that "
+           "does not merge across the space between them")
+    raise ValueError(
+        f"request {index}: the prompt's tokens are not a prefix of the tokens of prompt + ' ' + target_new "
+        f"(prompt={prompt!r}, target_new={target!r}): from token {k} the prompt alone gives {alone}, the full "
+        f"text gives {joined}, so the target tokens cannot be told apart; {fix}")
+
+
 def encode_one(tok, prompt: str, target: str, max_length: int, index: int = 0) -> EncodedText:
     prompt_ids = tok(prompt)["input_ids"]
     full_ids = tok(f"{prompt} {target}")["input_ids"]
+    prompt_ids, full_ids = _drop_appended_eos(tok, prompt_ids, full_ids)
+    check_boundary(tok, prompt, target, prompt_ids, full_ids, index)
     n_prompt = len(prompt_ids)
     if len(full_ids) <= n_prompt:
         raise ValueError(
