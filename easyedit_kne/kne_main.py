@@ -28,6 +28,7 @@ from .ensemble import KnowledgeNeuronalEnsemble
 from .hooks import Hooks
 from .localization import localization_requests, localize
 from .merge import SparseUpdate, merge_checked, merge_updates
+from .modules import check_not_offloaded, targets_from_hparams
 from .tokens import check_requests, encode_requests, logprobs_at, prediction_positions
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda's
@@ -68,6 +69,7 @@ def frozen(model):
 
 def build_updates(model, ensemble: KnowledgeNeuronalEnsemble, alpha: float) -> list[SparseUpdate]:
     modules = dict(model.named_modules())
+    check_not_offloaded([(name, modules[name]) for name, idx in ensemble.neurons.items() if len(idx)], "KNE")
     updates = []
     for name, idx in ensemble.neurons.items():
         if len(idx) == 0:
@@ -88,6 +90,23 @@ def _hook(update: SparseUpdate):
     return hook
 
 
+def logits_at_positions(model, logits: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+    """The logits at `positions`, whether or not the output layer's pre-hook ran.
+
+    A model whose forward never calls `get_output_embeddings()` (some remote-code models compute the head
+    themselves) returns logits at every position: they are indexed here. Any other length is an error.
+    """
+    if logits.shape[1] == len(positions):
+        return logits
+    if logits.shape[1] == length:
+        return logits[:, positions.to(logits.device)]
+    raise RuntimeError(
+        f"KNE edit: {type(model).__name__} returned logits for {logits.shape[1]} positions, expected "
+        f"{len(positions)} (the output layer run at the target positions only) or {length} (every position); "
+        "its get_output_embeddings() must return the module that computes the logits. The model was left "
+        "unchanged")
+
+
 def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: EditStats,
                   progress: bool = False) -> None:
     device = model.get_input_embeddings().weight.device
@@ -103,6 +122,7 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
         hooks.forward_pre(model.get_output_embeddings(), lambda mod, args: (args[0][:, positions.to(args[0].device)],))
         for step in tqdm(range(hparams.num_steps), desc="KNE edit", leave=False, disable=not progress):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logits = logits_at_positions(model, logits, positions, batch.input_ids.shape[1])
             logp, mask = logprobs_at(logits, batch.labels, positions)
             # mean NLL of each request's target tokens, averaged over requests
             loss = -(logp.sum(1) / mask.sum(1).clamp(min=1)).mean()
@@ -175,6 +195,8 @@ def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return
     `copy=True` the input model is left untouched. Other EasyEdit kwargs are ignored.
     """
     model, requests, batch = prepare_edit(model, tok, requests, hparams, copy)
+    if ensemble is None and not hparams.ensemble_path:  # the targeted weights are known before localization
+        check_not_offloaded([(t.name, t.module) for t in targets_from_hparams(model, hparams)], "KNE")
     stats = stats if stats is not None else EditStats()
     phase = "localization"
     try:

@@ -137,3 +137,16 @@ def model_device(model: nn.Module) -> torch.device:
     if emb is not None:
         return emb.weight.device
     return next(model.parameters()).device
+
+
+def check_not_offloaded(named_modules, method: str) -> None:
+    """Raise before anything changes if a target weight is not materialized: on the `meta` device, as
+    accelerate leaves weights that a device_map offloads to cpu or disk (loaded only during forward)."""
+    offloaded = [name for name, m in named_modules if m.weight.device.type == "meta"]
+    if offloaded:
+        shown = ", ".join(offloaded[:4]) + (f" and {len(offloaded) - 4} more" if len(offloaded) > 4 else "")
+        raise ValueError(
+            f"{method}: the weight of {shown} is offloaded (on the meta device: device_map put it on cpu or "
+            f"disk), and {method} writes the edit into the weights in place. Load the model without offload "
+            "(device_map with enough GPU memory for every layer, e.g. max_memory, or no device_map and "
+            ".to(device)). The model was left unchanged")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..hooks import Hooks
-from ..modules import TargetModule, find_blocks, find_target_modules, is_linear_map, model_device
+from ..modules import TargetModule, check_not_offloaded, find_blocks, find_target_modules, is_linear_map, model_device
 from ..tokens import EncodedBatch, encode_requests
 from .hparams import VALUE_MODULE_CANDIDATES
 
@@ -165,6 +165,7 @@ def locate(model, tok, requests, hparams, batch: EncodedBatch | None = None) -> 
         batch = encode_requests(tok, requests, hparams.max_length)
     batch = batch.to(model_device(model))
     modules = eligible_value_modules(model, hparams.value_module, hparams.last_layer)
+    check_not_offloaded([(m.name, m.module) for m in modules], "FiNE")
     logits, inputs = capture_value_inputs(model, batch, modules)
     if not torch.isfinite(logits).all():
         raise FloatingPointError("FiNE: the unedited model's logits are not finite; nothing was edited")
