@@ -2,7 +2,7 @@
 
     from easyedit_kne.easyedit import register
     from easyedit_kne.hparams import KNEHyperParams
-    register()                      # -> ["KNE", "FiNE"] (FiNE only if easyedit_kne.fine imports)
+    register()                      # -> ["KNE", "FiNE", "FINE"] (FiNE/FINE only if easyedit_kne.fine imports)
     from easyeditor import BaseEditor
     editor = BaseEditor.from_hparams(KNEHyperParams.from_hparams("path/to/kne.yaml"))
     metrics, edited_model, _ = editor.edit(prompts=..., target_new=...)      # batch_size 1
@@ -38,7 +38,7 @@ __all__ = ["register", "BATCHABLE_METHODS", "CLONE_URL"]
 
 CLONE_URL = "https://github.com/zjunlp/EasyEdit"
 # Methods that edit a list of requests at once, hence may go through `BaseEditor.batch_edit`.
-BATCHABLE_METHODS = ("KNE", "FiNE")
+BATCHABLE_METHODS = ("KNE", "FiNE", "FINE")
 # Marker on our wrapper of `BatchEditor.is_batchable_method`: the set of names it adds.
 _EXTRA_ATTR = "_easyedit_kne_batchable"
 
@@ -94,7 +94,7 @@ def _our_methods() -> dict:
         return methods
     apply_fine = getattr(fine, "apply_fine_to_model", None)
     if apply_fine is not None:
-        methods["FiNE"] = apply_fine
+        methods["FiNE"] = methods["FINE"] = apply_fine  # FINE: the authors' alg_name (their YAMLs)
     return methods
 
 

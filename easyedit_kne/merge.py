@@ -42,6 +42,7 @@ class SparseUpdate:
     block: torch.Tensor  # P, fp32, trainable
     scale: float  # α/√n
     base: torch.Tensor | None = None  # fp32 copy of W's selected slices (block layout); half precision only
+    combine: torch.Tensor | None = None  # (len(index), rows of P) 0/1: several trained rows per neuron (FiNE)
 
     def __post_init__(self):
         weight = self.module.weight
@@ -51,9 +52,14 @@ class SparseUpdate:
                 sel = w.index_select(1 if self.axis == "in" else 0, self.index)
                 self.base = (sel.t() if self.axis == "in" else sel).float().contiguous()
 
+    def delta(self) -> torch.Tensor:
+        """ΔW of the selected neurons (len(index) × other): scale·P, rows summed by `combine` if given."""
+        block = self.block if self.combine is None else self.combine @ self.block
+        return block * self.scale
+
     def effective_block(self) -> torch.Tensor:
         """scale·P, or for a half-precision weight the update the merge will actually write (straight-through)."""
-        delta = self.block * self.scale
+        delta = self.delta()
         if self.base is None:
             return delta
         dtype = self.module.weight.dtype
@@ -74,7 +80,7 @@ class SparseUpdate:
 
     def storage_slices(self):
         """(dim, delta) to add into the stored weight along `dim` at `index`."""
-        delta = (self.block.detach() * self.scale)  # n × other
+        delta = self.delta().detach()  # n × other
         transposed = is_conv1d(self.module)  # Conv1D stores [d_in, d_out]
         # map layout [d_out, d_in]: in axis -> columns (dim 1), out axis -> rows (dim 0)
         dim = 1 if self.axis == "in" else 0

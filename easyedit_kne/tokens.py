@@ -82,11 +82,14 @@ def check_boundary(tok, prompt: str, target: str, prompt_ids: list, full_ids: li
         f"text gives {joined}, so the target tokens cannot be told apart; {fix}")
 
 
-def encode_one(tok, prompt: str, target: str, max_length: int, index: int = 0) -> EncodedText:
+def encode_one(tok, prompt: str, target: str, max_length: int, index: int = 0, prefix_ids=()) -> EncodedText:
+    """`prefix_ids` go before the prompt's tokens (kept when the prompt is cut, like BOS)."""
     prompt_ids = tok(prompt)["input_ids"]
     full_ids = tok(f"{prompt} {target}")["input_ids"]
     prompt_ids, full_ids = _drop_appended_eos(tok, prompt_ids, full_ids)
     check_boundary(tok, prompt, target, prompt_ids, full_ids, index)
+    prefix = list(prefix_ids)
+    prompt_ids, full_ids = prefix + list(prompt_ids), prefix + list(full_ids)
     n_prompt = len(prompt_ids)
     if len(full_ids) <= n_prompt:
         raise ValueError(
@@ -95,8 +98,9 @@ def encode_one(tok, prompt: str, target: str, max_length: int, index: int = 0) -
     n_target = len(full_ids) - n_prompt
     if len(full_ids) > max_length:
         bos = tok.bos_token_id
-        keep_bos = bos is not None and full_ids[0] == bos
-        room = max_length - n_target - int(keep_bos)
+        keep_bos = bos is not None and full_ids[len(prefix)] == bos
+        n_head = len(prefix) + int(keep_bos)
+        room = max_length - n_target - n_head
         if room < 1:
             raise ValueError(
                 f"request {index}: target_new has {n_target} tokens, which leaves no room for the prompt "
@@ -104,8 +108,8 @@ def encode_one(tok, prompt: str, target: str, max_length: int, index: int = 0) -
         warnings.warn(
             f"request {index}: {len(full_ids)} tokens exceed max_length={max_length}; "
             f"the prompt is cut from the left to {room} tokens", stacklevel=3)
-        head = full_ids[:1] if keep_bos else []
-        prompt_part = full_ids[int(keep_bos):n_prompt][-room:]
+        head = full_ids[:n_head]
+        prompt_part = full_ids[n_head:n_prompt][-room:]
         full_ids = head + prompt_part + full_ids[n_prompt:]
         n_prompt = len(head) + len(prompt_part)
     return EncodedText(full_ids, n_prompt)
@@ -145,12 +149,12 @@ def pad_id(tok) -> int:
     return 0
 
 
-def encode_requests(tok, requests, max_length: int, first_index: int = 0) -> EncodedBatch:
+def encode_requests(tok, requests, max_length: int, first_index: int = 0, prefix_ids=()) -> EncodedBatch:
     """Right-padded batch of `prompt + ' ' + target_new`, labels on the target tokens only.
 
     `first_index` is the position of `requests[0]` in the caller's list (for error and warning messages).
     """
-    encoded = [encode_one(tok, r["prompt"], target_text(r), max_length, first_index + i)
+    encoded = [encode_one(tok, r["prompt"], target_text(r), max_length, first_index + i, prefix_ids)
                for i, r in enumerate(requests)]
     T = max(len(e.ids) for e in encoded)
     B = len(encoded)

@@ -63,7 +63,7 @@ def test_from_hparams_accepts_string_numbers(tmp_path):
 
 @pytest.mark.parametrize("content, field", [
     ({"alg_name": "KNE", "model_name": "m"}, "alg_name"),
-    ({"alg_name": "FINE", "model_name": "m"}, "alg_name"),
+    ({"alg_name": "fine", "model_name": "m"}, "alg_name"),
     ({"alg_name": "FiNE", "model_name": "m", "rewrite_module_tmp": "x"}, "rewrite_module_tmp"),
     ({"alg_name": "FiNE"}, "model_name"),
     ({"alg_name": "FiNE", "model_name": "m", "neuron_num": 0}, "neuron_num"),

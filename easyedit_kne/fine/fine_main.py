@@ -26,8 +26,10 @@ Adam (`lr`, `weight_decay`) for at most `epochs` steps; before each step, traini
 token of every request has probability above `early_stop_prob` (the authors' test nll < −log p). A
 non-finite loss raises FloatingPointError before anything is written.
 
-Differences from the authors' code, on purpose: a neuron chosen for several target tokens gets one delta
-(theirs gets one per token, which only re-parameterizes the same sum); deltas are float32 whatever the
+As in the authors' code, each selected (target token, neuron) pair has its own delta, so a neuron chosen for
+two tokens is moved by the sum of two deltas (Adam steps each, the L2 norm counts both); `locate` runs in
+eval mode; for GPT-J the prompt starts with <|endoftext|> (their `model_type == "gptj"` case).
+Differences from the authors' code, on purpose: deltas are float32 whatever the
 model dtype (theirs are bfloat16); several requests are edited together with one set of deltas (theirs
 trains each request alone on the unedited model and adds the deltas up); a NaN loss aborts the edit
 instead of merging what was trained; and `weights_copy` follows EasyEdit's contract like
@@ -47,7 +49,7 @@ from ..hooks import Hooks
 from ..kne_main import EditStats, _hook, frozen, prepare_edit
 from ..merge import SparseUpdate, merge_checked
 from ..modules import model_device
-from ..tokens import IGNORE_INDEX, EncodedBatch, target_logprobs
+from ..tokens import IGNORE_INDEX, EncodedBatch, encode_requests, target_logprobs
 from .locate import FiNELocation, locate
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda's
@@ -68,15 +70,23 @@ class FiNEStats(EditStats):
 
 
 def build_fine_updates(location: FiNELocation) -> list[SparseUpdate]:
-    """One SparseUpdate per edited module: axis "in" (columns of the map), zero block n × d_out, scale 1."""
+    """One SparseUpdate per edited module, axis "in" (columns of the map), scale 1, with one zero-initialized
+    delta per selected (request, target token, neuron), as the authors: a neuron chosen for two tokens gets
+    two deltas whose sum is its update (`combine`), which Adam and the L2 norm treat as two parameters."""
+    pairs: dict[int, list[int]] = {}
+    for top in location.top:
+        for layer_k, neuron in top.reshape(-1, 2).tolist():
+            pairs.setdefault(layer_k, []).append(neuron)
     updates = []
-    for m in location.modules:
-        idx = location.neurons.get(m.name)
-        if idx is None or len(idx) == 0:
+    for k, m in enumerate(location.modules):
+        chosen = pairs.get(k)
+        if not chosen:
             continue
         device = m.weight.device
-        block = torch.zeros(len(idx), m.d_out, dtype=torch.float32, device=device, requires_grad=True)
-        updates.append(SparseUpdate(m.name, m.module, "in", idx.to(device), block, 1.0))
+        idx = location.neurons[m.name]
+        combine = (idx.unsqueeze(1) == torch.tensor(chosen).unsqueeze(0)).float().to(device)
+        block = torch.zeros(len(chosen), m.d_out, dtype=torch.float32, device=device, requires_grad=True)
+        updates.append(SparseUpdate(m.name, m.module, "in", idx.to(device), block, 1.0, combine=combine))
     return updates
 
 
@@ -170,6 +180,13 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
             stats.steps += 1
 
 
+def prompt_prefix(model, tok) -> list[int]:
+    """Token ids put before every prompt: <|endoftext|> for GPT-J, as the authors encode GPT-J prompts."""
+    if getattr(getattr(model, "config", None), "model_type", None) == "gptj" and tok.eos_token_id is not None:
+        return [int(tok.eos_token_id)]
+    return []
+
+
 def edit_holds(check, hparams) -> bool:
     """FiNE's goal on the merged model: every target token above early_stop_prob (else: every one the argmax)."""
     if hparams.early_stop_prob is None:
@@ -190,6 +207,8 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
     accepted for EasyEdit's signature; other EasyEdit kwargs (e.g. `train_ds`) are ignored.
     """
     model, requests, batch = prepare_edit(model, tok, requests, hparams, copy)
+    if prompt_prefix(model, tok):
+        batch = encode_requests(tok, requests, hparams.max_length, prefix_ids=prompt_prefix(model, tok))
     stats = stats if stats is not None else FiNEStats()
     phase = "localization"
     try:
@@ -201,7 +220,7 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         stats.layers = location.layers()
         updates = build_fine_updates(location)
         total = sum(p.numel() for p in model.parameters())
-        stats.parameter_fraction = sum(u.block.numel() for u in updates) / max(1, total)
+        stats.parameter_fraction = sum(len(u.index) * u.block.shape[1] for u in updates) / max(1, total)
         phase = "training"
         start = time.perf_counter()
         train_fine(model, batch, location, updates, hparams, stats, progress)

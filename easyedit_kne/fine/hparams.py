@@ -24,11 +24,58 @@ VALUE_MODULE_CANDIDATES = (
 )
 
 
+# The authors' YAML fields (their FINEHyperParams) that do not change what this implementation computes:
+# module templates other than `rewrite_module_tmp` (blocks, the final norm and lm_head are found on the
+# model) and the statistics/bookkeeping fields they inherit from ROME. Accepted and ignored.
+AUTHORS_IGNORED_FIELDS = (
+    "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module",
+    "layer_projection_tmp", "stats_dir", "fact_token", "context_template_length_params", "mom2_adjustment",
+    "mom2_dataset", "mom2_n_samples", "mom2_dtype", "modified", "padding",
+)
+# The authors' fields that select other variants (a fixed layer, random neurons, an EOS target): accepted
+# at their defaults only.
+AUTHORS_VARIANT_DEFAULTS = {"layer": None, "add_eos": False, "random": False, "add_random": False,
+                            "layer_start": None, "layer_end": None}
+
+
+def value_module_from_template(template: str) -> str:
+    """The authors' `rewrite_module_tmp` ("model.layers.{}.mlp.down_proj") as a suffix inside a block."""
+    if not isinstance(template, str) or "{}." not in template:
+        raise ValueError(f"rewrite_module_tmp={template!r}: expected a template like 'model.layers.{{}}.mlp.down_proj'")
+    return template.split("{}.", 1)[1]
+
+
 @dataclass
 class FiNEHyperParams(HyperParamsBase):
     """Hyper-parameters of FiNE. Every field except `model_name` has a default (the paper's, where it has one)."""
 
     ALG_NAME = "FiNE"
+    ALG_NAMES = ("FiNE", "FINE")  # ours, and the authors' (github.com/opanhw/FiNE hparams/FINE/*.yaml)
+
+    @classmethod
+    def from_dict(cls, config: dict, source: str = "hparams"):
+        """Also reads the authors' YAMLs: alg_name FINE, `rewrite_module_tmp` (-> value_module), their other
+        fields ignored (AUTHORS_IGNORED_FIELDS) or, for variants, accepted at their defaults only."""
+        config = dict(config)
+        alg = config.get("alg_name", cls.ALG_NAME)
+        if alg not in cls.ALG_NAMES:
+            raise ValueError(f"{source}: alg_name={alg!r}, but {cls.__name__} needs alg_name: FiNE (or FINE)")
+        template = config.pop("rewrite_module_tmp", None)
+        if template is not None:
+            suffix = value_module_from_template(template)
+            if config.setdefault("value_module", suffix) != suffix:
+                raise ValueError(f"{source}: value_module={config['value_module']!r} contradicts "
+                                 f"rewrite_module_tmp={template!r}; give one of them")
+        for name in AUTHORS_IGNORED_FIELDS:
+            config.pop(name, None)
+        for name, default in AUTHORS_VARIANT_DEFAULTS.items():
+            if name in config and config.pop(name) != default:
+                raise ValueError(f"{source}: {name} (a variant of the authors' code) is not supported; remove it "
+                                 f"or set it to {default!r}")
+        config["alg_name"] = cls.ALG_NAME
+        hp = super().from_dict(config, source)
+        hp.alg_name = alg  # EasyEdit looks the method up by this name; both are registered
+        return hp
 
     alg_name: str = "FiNE"
     # --- localization ---
@@ -49,8 +96,8 @@ class FiNEHyperParams(HyperParamsBase):
         self.validate()
 
     def validate(self) -> None:
-        if self.alg_name != self.ALG_NAME:
-            raise ValueError(f"alg_name={self.alg_name!r}: FiNEHyperParams needs alg_name='FiNE'")
+        if self.alg_name not in self.ALG_NAMES:
+            raise ValueError(f"alg_name={self.alg_name!r}: FiNEHyperParams needs alg_name='FiNE' (or 'FINE')")
         if self.model_name is None or (isinstance(self.model_name, str) and not self.model_name):
             raise ValueError("model_name is required: an HF path/id, a config name, or a (model, tok) tuple")
         for name in ("batch_size", "max_length", "neuron_num", "last_layer", "epochs", "seed"):

@@ -89,10 +89,15 @@ def capture_value_inputs(model, batch: EncodedBatch, modules: list[TargetModule]
             captured[k] = args[0].detach()
         return hook
 
-    with Hooks() as hooks:
-        for k, m in enumerate(modules):
-            hooks.forward_pre(m.module, grab(k))
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    was_training = model.training
+    model.eval()  # as the authors: no dropout in the scores nor in the original distribution of the KL term
+    try:
+        with Hooks() as hooks:
+            for k, m in enumerate(modules):
+                hooks.forward_pre(m.module, grab(k))
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    finally:
+        model.train(was_training)
     missing = [m.name for m, c in zip(modules, captured, strict=True) if c is None]
     if missing:
         raise RuntimeError(f"FiNE: the forward pass never called {missing}")
