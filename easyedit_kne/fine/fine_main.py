@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..edit_artifact import EditRecorder
 from ..hooks import Hooks
 from ..kne_main import EditStats, SparseUpdate, _hook, frozen, merge_with_copy, prepare_edit
 from ..modules import model_device
@@ -169,8 +170,8 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
 
 def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, return_orig_weights: bool = False,
                         keep_original_weight: bool = False, stats: FiNEStats | None = None,
-                        progress: bool = False, **kwargs):
-    """EasyEdit entry point: returns (edited_model, weights_copy).
+                        progress: bool = False, return_edit: bool = False, **kwargs):
+    """EasyEdit entry point: returns (edited_model, weights_copy), plus an `Edit` last with `return_edit`.
 
     Same contract as `apply_kne_to_model`: the requests are checked and encoded before anything else;
     the edit is written into the weights in place (of a deep copy with `copy=True`, leaving the input
@@ -198,10 +199,13 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         stats.train_seconds = time.perf_counter() - start
         location.logits = None  # free the (B, T, V) logits; the rest of the location stays in stats
         phase = "merge"
+        recorder = EditRecorder(model, updates) if return_edit else None  # reads the base slices
         weights_copy = merge_with_copy(model, updates, return_orig_weights)
     except OutOfMemoryError as err:
         raise OutOfMemoryError(
             f"FiNE ran out of memory during {phase} ({str(err).strip() or type(err).__name__}); the model was "
             f"left unchanged. Edit fewer requests at once (batch_size; this batch has {len(requests)}) or lower "
             f"max_length (now {hparams.max_length}).") from err
+    if return_edit:  # (edited_model, weights_copy, Edit): see easyedit_kne.edit_artifact
+        return model, weights_copy, recorder.finish(model, requests, hparams)
     return model, weights_copy
