@@ -268,3 +268,20 @@ def test_cli_edit_then_apply_round_trip(fact_model, tmp_path):
     assert tok("The capital of")["input_ids"] == fact_model.tok("The capital of")["input_ids"]
     with pytest.raises(EditMismatchError, match="already applied"):
         main(["apply", str(out), str(edit_path), "--out", str(tmp_path / "twice")])
+
+
+def test_cli_data_is_a_knowedit_file_or_a_list_of_requests(tmp_path):
+    from test_knowedit import CF_RECORD
+
+    from easyedit_kne.edit_cli import load_requests
+
+    knowedit = tmp_path / "test_cf.json"  # KnowEdit: type guessed from the name
+    knowedit.write_text(json.dumps([CF_RECORD, CF_RECORD]))
+    got = load_requests(str(knowedit), size=1)
+    assert len(got) == 1 and got[0]["prompt"] == CF_RECORD["prompt"] and "locality" in got[0]
+    plain = tmp_path / "facts.json"
+    plain.write_text(json.dumps({"prompt": "The capital of Velaria is", "target_new": "Paris"}))
+    assert load_requests(str(plain)) == [{"prompt": "The capital of Velaria is", "target_new": "Paris"}]
+    plain.write_text(json.dumps([{"prompt": "x"}]))
+    with pytest.raises(ValueError, match="target_new"):
+        load_requests(str(plain))
