@@ -21,6 +21,7 @@ _EXPORTS = {
     "register": "easyedit_kne.easyedit",
     "FiNEHyperParams": "easyedit_kne.fine",
     "apply_fine_to_model": "easyedit_kne.fine",
+    "Edit": "easyedit_kne.edit_artifact",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import edit_cli
+
 
 def _demo(args) -> int:
     from .demo import run
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     p.set_defaults(fn=_localize)
     p = sub.add_parser("smollm2-path", help="build (once) and print the SmolLM2-135M Hugging Face folder")
     p.set_defaults(fn=_smollm2)
+    edit_cli.add_parsers(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 

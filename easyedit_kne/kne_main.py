@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .edit_artifact import EditRecorder
 from .ensemble import KnowledgeNeuronalEnsemble
 from .hooks import Hooks
 from .localization import localization_requests, localize
@@ -185,8 +186,8 @@ def resolve_ensemble(model, tok, requests, hparams, ensemble, stats: EditStats, 
 
 def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return_orig_weights: bool = False,
                        keep_original_weight: bool = False, ensemble=None, stats: EditStats | None = None,
-                       progress: bool = False, **kwargs):
-    """EasyEdit entry point: returns (edited_model, weights_copy).
+                       progress: bool = False, return_edit: bool = False, **kwargs):
+    """EasyEdit entry point: returns (edited_model, weights_copy), plus an `Edit` last with `return_edit`.
 
     `ensemble`: a KnowledgeNeuronalEnsemble or a path to a saved one (else `hparams.ensemble_path`,
     else localization on the configured localization set or on `requests`). `weights_copy` maps each
@@ -209,6 +210,7 @@ def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return
         train_updates(model, batch, updates, hparams, stats, progress)
         stats.train_seconds = time.perf_counter() - start
         phase = "merge"
+        recorder = EditRecorder(model, updates) if return_edit else None  # reads the base slices
 
         def retrain():
             more = build_updates(model, ensemble, hparams.alpha)
@@ -223,4 +225,6 @@ def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return
             f"left unchanged. Lower ig_batch_size (now {hparams.ig_batch_size}) for localization, or edit "
             f"fewer requests at once (batch_size; this batch has {len(requests)}) or lower max_length "
             f"(now {hparams.max_length}) for training.") from err
+    if return_edit:  # (edited_model, weights_copy, Edit): see easyedit_kne.edit_artifact
+        return model, weights_copy, recorder.finish(model, requests, hparams)
     return model, weights_copy

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..edit_artifact import EditRecorder
 from ..hooks import Hooks
 from ..kne_main import EditStats, _hook, frozen, prepare_edit
 from ..merge import SparseUpdate, merge_checked
@@ -196,8 +197,8 @@ def edit_holds(check, hparams) -> bool:
 
 def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, return_orig_weights: bool = False,
                         keep_original_weight: bool = False, stats: FiNEStats | None = None,
-                        progress: bool = False, **kwargs):
-    """EasyEdit entry point: returns (edited_model, weights_copy).
+                        progress: bool = False, return_edit: bool = False, **kwargs):
+    """EasyEdit entry point: returns (edited_model, weights_copy), plus an `Edit` last with `return_edit`.
 
     Same contract as `apply_kne_to_model`: the requests are checked and encoded before anything else;
     the edit is written into the weights in place (of a deep copy with `copy=True`, leaving the input
@@ -226,6 +227,7 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         train_fine(model, batch, location, updates, hparams, stats, progress)
         stats.train_seconds = time.perf_counter() - start
         phase = "merge"
+        recorder = EditRecorder(model, updates) if return_edit else None  # reads the base slices
 
         def retrain():
             more = build_fine_updates(location)
@@ -240,4 +242,6 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
             f"FiNE ran out of memory during {phase} ({str(err).strip() or type(err).__name__}); the model was "
             f"left unchanged. Edit fewer requests at once (batch_size; this batch has {len(requests)}) or lower "
             f"max_length (now {hparams.max_length}).") from err
+    if return_edit:  # (edited_model, weights_copy, Edit): see easyedit_kne.edit_artifact
+        return model, weights_copy, recorder.finish(model, requests, hparams)
     return model, weights_copy
