@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     p.set_defaults(fn=_localize)
     p = sub.add_parser("smollm2-path", help="build (once) and print the SmolLM2-135M Hugging Face folder")
     p.set_defaults(fn=_smollm2)
+    from .tuning.study import add_parser as add_tune
+
+    add_tune(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 
