@@ -55,6 +55,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("smollm2-path", help="build (once) and print the SmolLM2-135M Hugging Face folder")
     p.set_defaults(fn=_smollm2)
     edit_cli.add_parsers(sub)
+    from .tuning.study import add_parser as add_tune
+
+    add_tune(sub)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -119,6 +119,6 @@ def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = 
     write_json_atomic(out, result)
     print(f"\nEdit success {result['edit_success_before']:.2f} -> {result['edit_success']:.2f}; "
           f"locality {result['locality']:.2f} ({sum(kept)}/{len(kept)} unrelated prompts unchanged, "
-          f"{sum(kept_neighbours)}/{len(kept_neighbours)} same-relation neighbours); "
+          f"{sum(kept_neighbours)}/{len(kept_neighbours)} same-relation neighbours unchanged, counted apart); "
           f"total {result['total_seconds']:.0f}s. Results: {out}")
     return result

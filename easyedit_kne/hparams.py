@@ -17,6 +17,9 @@ from typing import Any
 NEURON_AXES = ("auto", "in", "out")
 SELECTION_SCOPES = ("global", "per_module_type", "per_layer")
 SCORE_AGGREGATIONS = ("max", "mean", "sum")
+INITS = ("zero", "kaiming")
+OPTIMIZERS = ("adam", "adamw")
+STOP_RULES = ("loss", "accuracy")
 
 
 def _as_number(name: str, value: Any, kind: type) -> Any:
@@ -141,6 +144,18 @@ class KNEHyperParams(HyperParamsBase):
     alpha: float = 1.0
     t_loss: float = 1e-2
     seed: int = 42
+    init: str = "zero"  # zero | kaiming (the trainable block starts kaiming-uniform, as the authors' code)
+    optimizer: str = "adam"  # adam | adamw
+    stop_on: str = "loss"  # loss: stop below t_loss | accuracy: stop once every target token is the argmax
+    # --- subject specificity (easyedit_kne/regularizers.py, nullspace.py); all off by default ---
+    kl_prompt_weight: float = 0.0  # KL to the pre-edit distribution on the edit prompt's own positions
+    kl_subject_weight: float = 0.0  # KL to the pre-edit next token on the prompt with its subject swapped
+    kl_subject_count: int = 4  # swapped entities per request (from easyedit_kne/data/entities.txt)
+    nullspace: bool = False  # project the update onto the null space of preserved-key statistics
+    nullspace_text: str | None = None  # .txt (one text a line) or KnowEdit JSON; None: KnowEdit WikiBio
+    nullspace_samples: int = 200  # texts used for the statistics
+    nullspace_threshold: float = 1e-2  # null space: eigenvalues <= threshold x the largest
+    nullspace_cache_dir: str | None = None  # None: ~/.cache/easyedit_kne/nullspace
 
     def __post_init__(self):
         self.validate()
@@ -151,9 +166,10 @@ class KNEHyperParams(HyperParamsBase):
         if self.model_name is None or (isinstance(self.model_name, str) and not self.model_name):
             raise ValueError("model_name is required: an HF path/id, a config name, or a (model, tok) tuple")
         for name in ("batch_size", "max_length", "ig_steps", "ig_batch_size", "localization_size",
-                     "num_steps", "seed"):
+                     "num_steps", "seed", "kl_subject_count", "nullspace_samples"):
             setattr(self, name, _as_number(name, getattr(self, name), int))
-        for name in ("p", "lr", "weight_decay", "alpha", "t_loss"):
+        for name in ("p", "lr", "weight_decay", "alpha", "t_loss", "kl_prompt_weight", "kl_subject_weight",
+                     "nullspace_threshold"):
             setattr(self, name, _as_number(name, getattr(self, name), float))
         _check_range("batch_size", self.batch_size, 1, None, allowed="an integer >= 1")
         _check_range("max_length", self.max_length, 2, None, allowed="an integer >= 2")
@@ -167,6 +183,16 @@ class KNEHyperParams(HyperParamsBase):
         _check_range("weight_decay", self.weight_decay, 0, None, allowed="a finite number >= 0")
         _check_range("alpha", self.alpha, 0, None, lo_open=True, allowed="a finite number > 0")
         _check_range("t_loss", self.t_loss, 0, None, allowed="a finite number >= 0")
+        _check_range("kl_prompt_weight", self.kl_prompt_weight, 0, None, allowed="a finite number >= 0 (0 = off)")
+        _check_range("kl_subject_weight", self.kl_subject_weight, 0, None,
+                     allowed="a finite number >= 0 (0 = off)")
+        _check_range("kl_subject_count", self.kl_subject_count, 1, None, allowed="an integer >= 1")
+        _check_range("nullspace_samples", self.nullspace_samples, 1, None, allowed="an integer >= 1")
+        _check_range("nullspace_threshold", self.nullspace_threshold, 0, 1, lo_open=True,
+                     allowed="0 < threshold <= 1 (fraction of the largest eigenvalue)")
+        _check_choice("init", self.init, INITS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("stop_on", self.stop_on, STOP_RULES)
         _check_choice("neuron_axis", self.neuron_axis, NEURON_AXES)
         _check_choice("selection_scope", self.selection_scope, SELECTION_SCOPES)
         _check_choice("score_aggregation", self.score_aggregation, SCORE_AGGREGATIONS)
@@ -184,6 +210,6 @@ class KNEHyperParams(HyperParamsBase):
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers):
             raise ValueError(f"layers={self.layers!r}: give a list of block indices >= 0 (empty = all)")
         self.layers = sorted(set(self.layers))
-        for name in ("model_parallel", "fp16", "use_chat_template"):
+        for name in ("model_parallel", "fp16", "use_chat_template", "nullspace"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -1,11 +1,12 @@
 """apply_kne_to_model: train a sparse update of the ensemble's neurons, then merge it into the weights.
 
-For a module with n selected neurons, a trainable block P (n × the other dimension, zero-initialized)
+For a module with n selected neurons, a trainable block P (n × the other dimension, zero-initialized;
+kaiming-uniform with init=kaiming)
 stands for ΔW restricted to the ensemble's rows (`out` axis) or columns (`in` axis); the module computes
 W + (α/√n)·ΔW. The update is applied as a hook on the module's output in O(n·d) per token:
     in axis:  y += (α/√n) · x[..., idx] @ P              (P: n × d_out)
     out axis: y[..., idx] += (α/√n) · x @ Pᵀ              (P: n × d_in)
-Only P trains (Adam on the NLL of the target tokens of all requests together, early stop below
+Only P trains (Adam or AdamW on the NLL of the target tokens of all requests together, early stop below
 t_loss). Then the update is added into the weights in place (accumulated in fp32) and every hook is
 removed: the edited model is an ordinary model. Until the merge the weights are never touched, and a
 failure during the merge puts back the slices already written. Whatever fails (bad input, a non-finite
@@ -30,7 +31,7 @@ from .hooks import Hooks
 from .localization import localization_requests, localize
 from .merge import SparseUpdate, merge_checked, merge_updates
 from .modules import check_not_offloaded, targets_from_hparams
-from .tokens import check_requests, encode_requests, logprobs_at, prediction_positions
+from .tokens import IGNORE_INDEX, check_requests, encode_requests, logprobs_at, prediction_positions
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda's
 
@@ -68,7 +69,16 @@ def frozen(model):
         model.train(was_training)
 
 
-def build_updates(model, ensemble: KnowledgeNeuronalEnsemble, alpha: float) -> list[SparseUpdate]:
+def init_block(block: torch.Tensor, axis: str, init: str) -> None:
+    """`zero`: ΔW starts at zero (the paper). `kaiming`: kaiming-uniform (a=√5, nn.Linear's default) of the
+    authors' trainable linear map: (n × d_in) for rows (`out`), (d_out × n) for columns (`in`)."""
+    if init == "kaiming":
+        with torch.no_grad():
+            torch.nn.init.kaiming_uniform_(block if axis == "out" else block.t(), a=math.sqrt(5))
+
+
+def build_updates(model, ensemble: KnowledgeNeuronalEnsemble, alpha: float, init: str = "zero"
+                  ) -> list[SparseUpdate]:
     modules = dict(model.named_modules())
     check_not_offloaded([(name, modules[name]) for name, idx in ensemble.neurons.items() if len(idx)], "KNE")
     updates = []
@@ -80,7 +90,9 @@ def build_updates(model, ensemble: KnowledgeNeuronalEnsemble, alpha: float) -> l
         axis = ensemble.axes[name]
         other = d_out if axis == "in" else d_in
         device = module.weight.device
-        block = torch.zeros(len(idx), other, dtype=torch.float32, device=device, requires_grad=True)
+        block = torch.zeros(len(idx), other, dtype=torch.float32, device=device)
+        init_block(block, axis, init)
+        block.requires_grad_(True)
         updates.append(SparseUpdate(name, module, axis, idx.to(device), block, alpha / math.sqrt(len(idx))))
     return updates
 
@@ -108,22 +120,63 @@ def logits_at_positions(model, logits: torch.Tensor, positions: torch.Tensor, le
         "unchanged")
 
 
+def make_optimizer(params, hparams):
+    cls = torch.optim.AdamW if getattr(hparams, "optimizer", "adam") == "adamw" else torch.optim.Adam
+    return cls(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
+
+
+def _columns(of: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    return torch.searchsorted(within, of.to(within.device))
+
+
 def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: EditStats,
-                  progress: bool = False) -> None:
+                  progress: bool = False, tok=None, requests=None) -> None:
+    """Train the blocks on the mean target NLL (+ the KL terms of regularizers.py when their weights are set,
+    with the null-space projection of nullspace.py when `hparams.nullspace`); `tok`/`requests` are needed
+    only by kl_subject_weight and nullspace."""
+    from .regularizers import Regularizer
+
     device = model.get_input_embeddings().weight.device
     batch = batch.to(device)
     params = [u.block for u in updates]
-    opt = torch.optim.Adam(params, lr=hparams.lr, weight_decay=hparams.weight_decay)
     positions = prediction_positions(batch.labels)
     stats.trained_holds = False
+    reg = Regularizer(tok, requests or [], batch, hparams, device)
+    if reg.subject_weight and (tok is None or requests is None):
+        raise ValueError("kl_subject_weight needs the tokenizer and the requests (pass tok= and requests=)")
+    projs = {}
+    if getattr(hparams, "nullspace", False):
+        from .nullspace import project_, projectors
+
+        projs = projectors(model, tok, updates, hparams)
+        project_(updates, projs)
+    opt = make_optimizer(params, hparams)
+    # the main forward computes logits at the target-predicting positions (+ the prompt's, for kl_prompt)
+    main_pos = positions if reg.prompt_pos is None else torch.unique(torch.cat([positions, reg.prompt_pos]))
+    slot = {"pos": main_pos}
+    stop_on_accuracy = getattr(hparams, "stop_on", "loss") == "accuracy"
     with frozen(model), Hooks() as hooks, torch.enable_grad():
+        hooks.forward_pre(model.get_output_embeddings(),
+                          lambda mod, args: (args[0][:, slot["pos"].to(args[0].device)],))
+
+        def logits_at(ids, mask, pos):
+            slot["pos"] = pos
+            try:
+                out = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                return logits_at_positions(model, out, pos, ids.shape[1])
+            finally:
+                slot["pos"] = main_pos
+
+        if reg.active:  # pre-edit references; with init=kaiming the hooks are not on yet, so still pre-edit
+            reg.reference(logits_at, batch)
         for u in updates:
             hooks.forward(u.module, _hook(u))
-        # the output layer runs only where a target token is predicted
-        hooks.forward_pre(model.get_output_embeddings(), lambda mod, args: (args[0][:, positions.to(args[0].device)],))
+        target_cols = _columns(positions, main_pos)
         for step in tqdm(range(hparams.num_steps), desc="KNE edit", leave=False, disable=not progress):
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            logits = logits_at_positions(model, logits, positions, batch.input_ids.shape[1])
+            all_logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               use_cache=False).logits
+            all_logits = logits_at_positions(model, all_logits, main_pos, batch.input_ids.shape[1])
+            logits = all_logits[:, target_cols]
             logp, mask = logprobs_at(logits, batch.labels, positions)
             # mean NLL of each request's target tokens, averaged over requests
             loss = -(logp.sum(1) / mask.sum(1).clamp(min=1)).mean()
@@ -133,12 +186,24 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
                 raise FloatingPointError(
                     f"KNE edit: the loss became {value} at step {step}; lower lr (now {hparams.lr}) "
                     "or alpha; the model was left unchanged")
-            if value < hparams.t_loss:
+            if stop_on_accuracy:
+                targets = batch.labels[:, positions + 1]
+                hit = (logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)
+                if bool(hit.all()):
+                    stats.trained_holds = True
+                    break
+            elif value < hparams.t_loss:
                 stats.trained_holds = True
                 break
+            if reg.prompt_weight:
+                loss = loss + reg.prompt_term(all_logits[:, _columns(reg.prompt_pos, main_pos)])
+            if reg.subject is not None:
+                loss = loss + reg.subject_term(logits_at)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if projs:
+                project_(updates, projs)
             stats.steps += 1
     # a non-finite gradient at the last step would otherwise reach the weights unseen by the loss check
     bad = [u.name for u in updates if not bool(torch.isfinite(u.block).all())]
@@ -184,6 +249,14 @@ def resolve_ensemble(model, tok, requests, hparams, ensemble, stats: EditStats, 
     return ensemble
 
 
+def edit_goal_met(check, hparams) -> bool:
+    """Training's own stopping goal, read on the merged model: every target token the argmax
+    (`stop_on: accuracy`) or the mean target NLL below t_loss (`stop_on: loss`)."""
+    if getattr(hparams, "stop_on", "loss") == "accuracy":
+        return check.accuracy >= 1.0
+    return check.loss < hparams.t_loss
+
+
 def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return_orig_weights: bool = False,
                        keep_original_weight: bool = False, ensemble=None, stats: EditStats | None = None,
                        progress: bool = False, return_edit: bool = False, **kwargs):
@@ -205,19 +278,19 @@ def apply_kne_to_model(model, tok, requests, hparams, copy: bool = False, return
         stats.num_neurons = ensemble.num_neurons
         stats.parameter_fraction = ensemble.parameter_fraction
         phase = "training"
-        updates = build_updates(model, ensemble, hparams.alpha)
+        updates = build_updates(model, ensemble, hparams.alpha, hparams.init)
         start = time.perf_counter()
-        train_updates(model, batch, updates, hparams, stats, progress)
+        train_updates(model, batch, updates, hparams, stats, progress, tok=tok, requests=requests)
         stats.train_seconds = time.perf_counter() - start
         phase = "merge"
         recorder = EditRecorder(model, updates) if return_edit else None  # reads the base slices
 
-        def retrain():
+        def retrain():  # more rounds on the merged model, from a zero update on the same neurons
             more = build_updates(model, ensemble, hparams.alpha)
-            train_updates(model, batch, more, hparams, stats, progress)
+            train_updates(model, batch, more, hparams, stats, progress, tok=tok, requests=requests)
             return more
 
-        weights_copy = merge_checked(model, batch, updates, lambda check: check.loss < hparams.t_loss, retrain,
+        weights_copy = merge_checked(model, batch, updates, lambda check: edit_goal_met(check, hparams), retrain,
                                      stats, return_orig_weights, "KNE")
     except OutOfMemoryError as err:
         raise OutOfMemoryError(

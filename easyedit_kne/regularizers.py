@@ -1,0 +1,131 @@
+"""Subject-specificity terms added to KNE's edit loss (all off by default).
+
+* `kl_prompt_weight` (FiNE's term): KL(p_pre ‖ p_post) of the next-token distributions at the positions
+  inside the edit prompt (each position t that predicts a prompt token t+1), averaged over positions.
+  The last prompt position, which predicts the new answer, is not constrained.
+* `kl_subject_weight`: the same prompt with its subject (request["subject"]) swapped for
+  `kl_subject_count` other entities from the package's own list (easyedit_kne/data/entities.txt, not
+  taken from any evaluation data); KL(p_pre ‖ p_post) of the next-token distribution after each swapped
+  prompt, averaged. This asks the update to fire for this subject only: (s', r) keeps its answer.
+
+Both references p_pre are computed once before training, with the model unedited. The entities chosen
+for a request depend only on the subject and the seed (a stable hash), so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import torch
+
+from .tokens import IGNORE_INDEX, pad_id
+
+
+@lru_cache(maxsize=1)
+def entities() -> tuple[str, ...]:
+    text = resources.files("easyedit_kne").joinpath("data/entities.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def swap_entities(subject: str, count: int, seed: int) -> list[str]:
+    """`count` entities other than `subject`, chosen by a stable hash of (subject, seed)."""
+    pool = [e for e in entities() if e.lower() != subject.strip().lower()]
+    digest = hashlib.sha256(f"{seed}:{subject}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big")).sample(pool, min(count, len(pool)))
+
+
+def swapped_prompts(requests, count: int, seed: int) -> list[str]:
+    """The edit prompts with their subject replaced (first occurrence); requests whose prompt does not
+    contain their subject contribute nothing."""
+    out = []
+    for r in requests:
+        subject = r.get("subject")
+        if not isinstance(subject, str) or not subject or subject not in r["prompt"]:
+            continue
+        out += [r["prompt"].replace(subject, e, 1) for e in swap_entities(subject, count, seed)]
+    return out
+
+
+def kl(ref_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over (masked) positions of KL(p_ref ‖ softmax(logits)); inputs (..., V)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+    if mask is None:
+        return per.mean()
+    mask = mask.to(per.dtype)
+    return (per * mask).sum() / mask.sum().clamp(min=1)
+
+
+def prompt_positions(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions t predicting a prompt token t+1 in some row, (B, len) mask of the rows where they do)."""
+    inside = (batch.attention_mask[:, 1:] == 1) & (batch.labels[:, 1:] == IGNORE_INDEX)
+    pos = inside.any(0).nonzero().flatten()
+    return pos, inside[:, pos]
+
+
+@dataclass
+class SubjectBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    last: torch.Tensor  # index of each row's last prompt token
+    ref_logp: torch.Tensor | None = None  # (rows, V), pre-edit
+
+
+def subject_batch(tok, requests, count: int, seed: int, device) -> SubjectBatch | None:
+    prompts = swapped_prompts(requests, count, seed)
+    if not prompts:
+        return None
+    ids = [tok(p)["input_ids"] for p in prompts]
+    T = max(len(i) for i in ids)
+    input_ids = torch.full((len(ids), T), pad_id(tok), dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for b, row in enumerate(ids):
+        input_ids[b, :len(row)] = torch.tensor(row)
+        mask[b, :len(row)] = 1
+    last = torch.tensor([len(row) - 1 for row in ids])
+    return SubjectBatch(input_ids.to(device), mask.to(device), last.to(device))
+
+
+class Regularizer:
+    """The KL terms of one edit. `logits_at(ids, mask, positions)` runs the model (with whatever hooks are
+    active) and returns the logits at `positions` only. Call `reference` before the update is active."""
+
+    def __init__(self, tok, requests, batch, hparams, device):
+        self.prompt_weight = float(getattr(hparams, "kl_prompt_weight", 0.0))
+        self.subject_weight = float(getattr(hparams, "kl_subject_weight", 0.0))
+        self.prompt_pos, self.prompt_mask = prompt_positions(batch) if self.prompt_weight else (None, None)
+        if self.prompt_pos is not None and len(self.prompt_pos) == 0:
+            self.prompt_weight = 0.0
+        self.subject = None
+        if self.subject_weight:
+            self.subject = subject_batch(tok, requests, int(hparams.kl_subject_count), hparams.seed, device)
+        self.prompt_ref = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.prompt_weight) or self.subject is not None
+
+    def _subject_logits(self, logits_at) -> torch.Tensor:
+        s = self.subject
+        pos = torch.unique(s.last)
+        logits = logits_at(s.input_ids, s.attention_mask, pos)  # (rows, len(pos), V)
+        col = torch.searchsorted(pos, s.last)
+        return logits[torch.arange(len(col), device=logits.device), col]
+
+    @torch.no_grad()
+    def reference(self, logits_at, batch) -> None:
+        if self.prompt_weight:
+            logits = logits_at(batch.input_ids, batch.attention_mask, self.prompt_pos)
+            self.prompt_ref = torch.log_softmax(logits.float(), -1)
+        if self.subject is not None:
+            self.subject.ref_logp = torch.log_softmax(self._subject_logits(logits_at).float(), -1)
+
+    def prompt_term(self, logits_at_prompt: torch.Tensor) -> torch.Tensor:
+        return self.prompt_weight * kl(self.prompt_ref, logits_at_prompt, self.prompt_mask)
+
+    def subject_term(self, logits_at) -> torch.Tensor:
+        return self.subject_weight * kl(self.subject.ref_logp, self._subject_logits(logits_at))
