@@ -194,6 +194,12 @@ def test_localization_plans_are_disjoint_from_evaluated_items(tiny_run_inputs, t
     assert rq.plan_localization(cfg, requests, ids, n_file)[0] is None
 
 
+def test_missing_knowedit_file_says_where_to_get_it(tmp_path):
+    cfg = compose(["data=zsre", f"knowedit_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="zjunlp/KnowEdit.*knowedit_dir=.*data.path="):
+        rq.load_eval_requests(cfg)
+
+
 def test_other_config_in_same_output_dir_is_refused(tiny_run_inputs, tmp_path):
     run(tiny_run_inputs, tmp_path, "data.size=2", "eval.fluency=false")
     with pytest.raises(ValueError, match="another config"):

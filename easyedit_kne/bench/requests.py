@@ -19,6 +19,11 @@ def load_eval_requests(cfg) -> tuple[list[dict], list[int], int]:
     from easyedit_kne.knowedit import load_knowedit
 
     path = _resolve(cfg.data.path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data.path={path} does not exist. KnowEdit is never downloaded here: get it from the Hugging Face "
+            "dataset zjunlp/KnowEdit and set knowedit_dir=/your/KnowEdit (or KNOWEDIT_DIR) for the data= presets, "
+            "or data.path=/your/file.json")
     size = None if cfg.data.size is None else int(cfg.data.size)
     offset = int(cfg.data.offset or 0)
     requests = load_knowedit(path, data_type=cfg.data.type, size=size, offset=offset)
