@@ -1,20 +1,41 @@
-"""`easyedit-kne` command: demo, localize a dataset into a saved ensemble, SmolLM2 folder path."""
+"""`easyedit-kne` (also `python -m easyedit_kne`): the package's commands.
+
+    easyedit-kne knowedit method=KNE data=zsre data.size=8 ...   the KnowEdit runner (Hydra overrides, -m sweeps)
+    easyedit-kne compare RESULTS_DIR ... [--common]               tables, CSV and plots of finished runs
+    easyedit-kne localize --hparams smollm2-135m --data F --out E localize a KnowEdit file into an ensemble
+    easyedit-kne bench-speed [--quick]                            speed and memory of localization and editing
+    easyedit-kne hparams list                                     the hparams YAMLs shipped with the package
+    easyedit-kne demo                                             a real KNE edit of SmolLM2-135M
+    easyedit-kne smollm2-path                                     build (once) and print SmolLM2's HF folder
+
+Each command is registered by one `add_<name>_parser(sub)` function (listed in COMMANDS); a command whose
+arguments belong to another parser (Hydra's, compare's, the speed bench's) sets `passthrough=True` and gets
+the rest of the command line untouched.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import edit_cli
 
-
+# ------------------------------------------------------------------------------------------------ demo
 def _demo(args) -> int:
     from .demo import run
+    from .hparams import resolve_hparams_file
 
-    run(args.hparams, args.out)
+    run(args.hparams or resolve_hparams_file("KNE", "smollm2-135m"), args.out)
     return 0
 
 
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="edit SmolLM2-135M on a small fact set and print before/after")
+    p.add_argument("--hparams", default=None, help="KNE hparams YAML or shipped name (default: smollm2-135m)")
+    p.add_argument("--out", default="results/demo.json")
+    p.set_defaults(fn=_demo)
+
+
+# -------------------------------------------------------------------------------------------- localize
 def _localize(args) -> int:
     from .hparams import KNEHyperParams
     from .knowedit import load_knowedit
@@ -30,6 +51,18 @@ def _localize(args) -> int:
     return 0
 
 
+def add_localize_parser(sub) -> None:
+    p = sub.add_parser("localize", help="localize a KnowEdit file into a saved ensemble")
+    p.add_argument("--hparams", required=True, help="KNE hparams: a YAML path or a shipped name (hparams list)")
+    p.add_argument("--data", required=True, help="KnowEdit JSON file")
+    p.add_argument("--data-type", default=None, help="zsre | counterfact | recent | wikibio (default: guess)")
+    p.add_argument("--size", type=int, default=0, help="first N items (0 = all)")
+    p.add_argument("--model", default=None, help="model path or config name (default: hparams model_name)")
+    p.add_argument("--out", required=True, help="ensemble file (.safetensors)")
+    p.set_defaults(fn=_localize)
+
+
+# ---------------------------------------------------------------------------------------- smollm2-path
 def _smollm2(args) -> int:
     from .models import smollm2_hf_dir
 
@@ -37,27 +70,104 @@ def _smollm2(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="easyedit-kne", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="edit SmolLM2-135M on a small fact set and print before/after")
-    p.add_argument("--hparams", default=None, help="KNE hparams YAML (default hparams/KNE/smollm2-135m.yaml)")
-    p.add_argument("--out", default="results/demo.json")
-    p.set_defaults(fn=_demo)
-    p = sub.add_parser("localize", help="localize a KnowEdit file into a saved ensemble")
-    p.add_argument("--hparams", required=True)
-    p.add_argument("--data", required=True, help="KnowEdit JSON file")
-    p.add_argument("--data-type", default=None, help="zsre | counterfact | recent | wikibio (default: guess)")
-    p.add_argument("--size", type=int, default=0, help="first N items (0 = all)")
-    p.add_argument("--model", default=None, help="model path or config name (default: hparams model_name)")
-    p.add_argument("--out", required=True, help="ensemble file (.safetensors)")
-    p.set_defaults(fn=_localize)
+def add_smollm2_parser(sub) -> None:
     p = sub.add_parser("smollm2-path", help="build (once) and print the SmolLM2-135M Hugging Face folder")
     p.set_defaults(fn=_smollm2)
-    edit_cli.add_parsers(sub)
-    from .tuning.study import add_parser as add_tune
 
-    add_tune(sub)
+
+# --------------------------------------------------------------------------------------------- hparams
+def _hparams_list(args) -> int:
+    from .hparams import hparams_root, shipped_hparams
+
+    algs = [args.alg] if args.alg else ["KNE", "FiNE"]
+    print(f"# {hparams_root()}")
+    for alg in algs:
+        for name, path in shipped_hparams(alg).items():
+            print(f"{alg}\t{name}\t{path}")
+    return 0
+
+
+def add_hparams_parser(sub) -> None:
+    p = sub.add_parser("hparams", help="the hparams YAMLs shipped with the package")
+    hsub = p.add_subparsers(dest="hparams_command", required=True)
+    q = hsub.add_parser("list", help="method, name and file of every shipped YAML (from_hparams(name) reads it)")
+    q.add_argument("--alg", choices=["KNE", "FiNE"], default=None, help="one method only")
+    q.set_defaults(fn=_hparams_list)
+
+
+# ------------------------------------------------------------------------- commands with their own parser
+def _knowedit(argv: list[str]) -> int:
+    from .bench.run_knowedit import main as hydra_main
+
+    saved = sys.argv
+    sys.argv = ["easyedit-kne knowedit", *argv]  # Hydra reads its overrides from sys.argv
+    try:
+        hydra_main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _compare(argv: list[str]) -> int:
+    from .bench.compare import main as compare_main
+
+    return compare_main(argv)
+
+
+def _bench_speed(argv: list[str]) -> int:
+    from .bench.speed import main as speed_main
+
+    return speed_main(argv)
+
+
+def add_knowedit_parser(sub) -> None:
+    p = sub.add_parser("knowedit", add_help=False, help="the KnowEdit benchmark runner; Hydra overrides follow "
+                       "(method=KNE data=zsre data.size=8 ..., -m for sweeps, --help for Hydra's help)")
+    p.set_defaults(passthrough=_knowedit)
+
+
+def add_compare_parser(sub) -> None:
+    p = sub.add_parser("compare", add_help=False, help="compare finished runs (RESULTS_DIR ... [--common]; --help)")
+    p.set_defaults(passthrough=_compare)
+
+
+def add_bench_speed_parser(sub) -> None:
+    p = sub.add_parser("bench-speed", add_help=False, help="speed and memory bench ([--quick] [--out F]; --help)")
+    p.set_defaults(passthrough=_bench_speed)
+
+
+def add_edit_parsers(sub) -> None:
+    from .edit_cli import add_parsers  # `edit` and `apply`: an edit as a small file
+
+    add_parsers(sub)
+
+
+def add_tune_parser(sub) -> None:
+    from .tuning.study import add_parser  # `tune`: hparams search on the protocol's dev split
+
+    add_parser(sub)
+
+
+COMMANDS = [add_knowedit_parser, add_compare_parser, add_localize_parser, add_bench_speed_parser,
+            add_hparams_parser, add_demo_parser, add_smollm2_parser, add_edit_parsers, add_tune_parser]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(prog="easyedit-kne", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser, sub
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, sub = build_parser()
+    if argv and argv[0] in sub.choices:
+        passthrough = sub.choices[argv[0]].get_default("passthrough")
+        if passthrough is not None:
+            return passthrough(argv[1:])
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -56,6 +56,41 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}={value!r} is not allowed: choose one of {', '.join(choices)}")
 
 
+def hparams_root() -> str:
+    """The folder of shipped hparams YAMLs: hparams/ at the top of a repository checkout, else the copy the
+    wheel carries inside the package (easyedit_kne/hparams_files/, written by setup.py's build step)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.join(os.path.dirname(package), "hparams")
+    if os.path.isdir(checkout) and os.path.isfile(os.path.join(os.path.dirname(package), "setup.cfg")):
+        return checkout
+    return os.path.join(package, "hparams_files")
+
+
+def shipped_hparams(alg_name: str) -> dict[str, str]:
+    """{name: path} of the YAML files shipped for one method (hparams/<alg_name>/<name>.yaml)."""
+    folder = os.path.join(hparams_root(), alg_name)
+    if not os.path.isdir(folder):
+        return {}
+    return {f[: -len(".yaml")]: os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".yaml")}
+
+
+def resolve_hparams_file(alg_name: str, path: str | os.PathLike) -> str:
+    """A path to an existing YAML file (with or without .yaml), else the shipped file of that name."""
+    path = os.fspath(path)
+    candidates = [path] if path.endswith((".yaml", ".yml")) or os.path.exists(path) else [path, path + ".yaml"]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    shipped = shipped_hparams(alg_name)
+    name = os.path.basename(path)
+    name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    if os.path.dirname(path) in ("", ".") and name in shipped:
+        return shipped[name]
+    raise FileNotFoundError(
+        f"hparams file not found: {path} is neither a YAML file nor a shipped {alg_name} name; shipped names: "
+        f"{', '.join(shipped) or '(none found under ' + hparams_root() + ')'}")
+
+
 @dataclass
 class HyperParamsBase:
     """The attributes EasyEdit reads from every hparams object, and YAML loading (EasyEdit's
@@ -75,13 +110,11 @@ class HyperParamsBase:
 
     @classmethod
     def from_hparams(cls, path: str | os.PathLike):
+        """Load a YAML file, by path or by the name of a shipped file (`from_hparams("llama-7b")` reads
+        hparams/<ALG_NAME>/llama-7b.yaml, from the repository or from the installed wheel)."""
         import yaml
 
-        path = os.fspath(path)
-        if not path.endswith((".yaml", ".yml")) and not os.path.exists(path):
-            path = path + ".yaml"
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"hparams file not found: {path}")
+        path = resolve_hparams_file(cls.ALG_NAME, path)
         with open(path, encoding="utf-8") as f:
             config = yaml.safe_load(f) or {}
         if not isinstance(config, dict):

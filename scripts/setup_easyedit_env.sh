@@ -6,6 +6,7 @@
 #     git clone https://github.com/zjunlp/EasyEdit /path/to/EasyEdit
 # then:
 #     scripts/setup_easyedit_env.sh /path/to/EasyEdit [VENV_DIR]
+#     scripts/setup_easyedit_env.sh --print-requirements   # what step 5 installs (read from setup.cfg)
 #     EASYEDIT_PATH=/path/to/EasyEdit VENV_DIR/bin/python -m pytest tests/test_easyedit_real.py
 #
 # Arguments:  EASYEDIT_DIR  the EasyEdit checkout (the folder that contains easyeditor/ and requirements.txt)
@@ -19,17 +20,43 @@
 #
 # What it does (timings on a 2-core CPU machine, fresh venv): venv + pip upgrade ~10 s; torch+torchvision
 # (CUDA builds, ~5 GB, they also run on CPU) ~2 min; EasyEdit's requirements.txt without its torch and
-# torchvision pins ~2.5 min; easyedit_kne editable + test tools ~15 s. `from easyeditor import BaseEditor`
-# then takes 25-40 s (EasyEdit imports every method and its dependencies at package import).
+# torchvision pins ~2.5 min; easyedit_kne editable + its requirements + test tools ~15 s.
+# `from easyeditor import BaseEditor` then takes 25-40 s (EasyEdit imports every method and its dependencies at package import).
 #
 # Pin conflicts relaxed: EasyEdit's requirements.txt pins torch (e.g. torch==2.9.1) and may pin
 # torchvision; those lines are dropped and TORCH_SPEC is used instead. Every other pin is installed as
 # written (transformers, peft, tokenizers, numpy, ... satisfy easyedit_kne's own ranges), and `pip check`
-# must pass at the end.
+# must pass at the end. easyedit_kne itself is installed --no-deps (so that pip never swaps EasyEdit's pins or
+# torch), then step 5 installs every entry of setup.cfg's install_requires and `test` extra, read from
+# setup.cfg at run time (already satisfied ones are no-ops): the script cannot fall behind setup.cfg.
 set -euo pipefail
 
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# setup.cfg's install_requires and its `test` extra, one requirement a line
+kne_requirements() {
+    "$1" - "$REPO_DIR/setup.cfg" <<'EOF'
+import configparser
+import sys
+
+cfg = configparser.ConfigParser()
+if not cfg.read(sys.argv[1]):
+    sys.exit(f"cannot read {sys.argv[1]}")
+lines = cfg["options"]["install_requires"].splitlines() + cfg["options.extras_require"]["test"].splitlines()
+for line in lines:
+    line = line.split("#", 1)[0].strip()
+    if line:
+        print(line)
+EOF
+}
+
+if [[ "${1:-}" == "--print-requirements" ]]; then
+    kne_requirements "${PYTHON:-python3}"
+    exit 0
+fi
+
 if [[ $# -lt 1 || "$1" == "-h" || "$1" == "--help" ]]; then
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
     exit $(( $# < 1 ? 2 : 0 ))
 fi
 
@@ -37,7 +64,6 @@ EASYEDIT_DIR=$(cd "$1" && pwd)
 VENV_DIR=${2:-ee-venv}
 PYTHON=${PYTHON:-python3.11}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
-REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if [[ ! -f "$EASYEDIT_DIR/easyeditor/__init__.py" || ! -f "$EASYEDIT_DIR/requirements.txt" ]]; then
     echo "error: $EASYEDIT_DIR is not an EasyEdit checkout (no easyeditor/ or requirements.txt)." >&2
@@ -75,9 +101,10 @@ grep -iE '^[[:space:]]*(torch|torchvision)[[:space:]]*([=<>!~;].*)?$' "$EASYEDIT
 step "4/6 easyedit_kne (editable, no deps) from $REPO_DIR"
 "$PY" -m pip "${PIP_FLAGS[@]}" install -e "$REPO_DIR" --no-deps
 
-step "5/6 easyedit_kne's own dependencies and test tools (no-ops when EasyEdit's pins satisfy them)"
-"$PY" -m pip "${PIP_FLAGS[@]}" install "peft>=0.13" "hydra-core>=1.3" "safetensors>=0.4" "tqdm>=4.60" \
-    "pyyaml>=6.0" "numpy>=1.24" "tokenizers>=0.15" "pytest>=7" "hypothesis>=6.80"
+step "5/6 easyedit_kne's requirements and test tools, from setup.cfg (no-ops where EasyEdit's pins satisfy them)"
+mapfile -t KNE_REQUIREMENTS < <(kne_requirements "$PY")
+printf '    %s\n' "${KNE_REQUIREMENTS[@]}"
+"$PY" -m pip "${PIP_FLAGS[@]}" install "${KNE_REQUIREMENTS[@]}"
 "$PY" -m pip check
 
 step "6/6 smoke test: from easyeditor import BaseEditor (takes ~30 s)"

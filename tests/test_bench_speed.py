@@ -1,30 +1,24 @@
-"""scripts/bench_speed.py on a tiny model: its measurements run, agree numerically and leave the model as
+"""The speed bench (easyedit_kne.bench.speed; scripts/bench_speed.py is its entry point) on a tiny model: its
+measurements run, agree numerically and leave the model as
 it was. Timings are never asserted (they depend on the machine and its load)."""
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import tiny_models as tm
 import torch
 
+from easyedit_kne.attribution import attribute_request
+from easyedit_kne.ensemble import KnowledgeNeuronalEnsemble
+from easyedit_kne.modules import find_target_modules
 from easyedit_kne.tokens import encode_requests
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_speed.py"
 REQUESTS = [{"prompt": f["prompt"], "target_new": f["target_new"]} for f in tm.FACTS]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_speed"] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("bench_speed", None)
+    from easyedit_kne.bench import speed
+
+    return speed
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +51,7 @@ def _assert_unchanged(model, before):
 def test_fast_vs_naive_attribution_agree(bench, tiny):
     model, tok = tiny
     cfg = _cfg(bench)
-    targets = bench.find_target_modules(model, [cfg.target_suffix], bench.target_layers(model, cfg.n_modules))
+    targets = find_target_modules(model, [cfg.target_suffix], bench.target_layers(model, cfg.n_modules))
     full = bench.localization_speed(model, tok, REQUESTS[0], targets, cfg, "cpu")
     assert not full["extrapolated"] and full["n_naive"] == full["n_targets"] == 4
     assert full["min_corr"] > 0.999 and full["max_rel"] < 1e-3
@@ -81,9 +75,9 @@ def test_evenly_spaced(bench):
 def test_sparse_and_dense_steps_follow_the_same_losses(bench, tiny):
     model, tok = tiny
     cfg = _cfg(bench, timed_steps=3)
-    targets = bench.find_target_modules(model, [cfg.target_suffix], bench.target_layers(model, cfg.n_modules))
-    scores = bench.attribute_request(model, tok, REQUESTS[0], targets, cfg.ig_steps, cfg.max_length)
-    ensemble = bench.KnowledgeNeuronalEnsemble.from_scores(scores, targets, cfg.p, "global")
+    targets = find_target_modules(model, [cfg.target_suffix], bench.target_layers(model, cfg.n_modules))
+    scores = attribute_request(model, tok, REQUESTS[0], targets, cfg.ig_steps, cfg.max_length)
+    ensemble = KnowledgeNeuronalEnsemble.from_scores(scores, targets, cfg.p, "global")
     assert ensemble.num_neurons > 0
     batch = encode_requests(tok, REQUESTS[1:4], cfg.max_length)
     before = _state(model)

@@ -71,3 +71,27 @@ def test_shipped_hparams_cover_the_paper_models():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "hparams", "KNE", "*.yaml"))}
     assert {"smollm2-135m.yaml", "llama-7b.yaml", "gpt-j-6B.yaml", "gpt2-xl.yaml", "llama3-8b.yaml",
             "qwen2.5-7b.yaml", "mistral-7b.yaml"} <= names
+
+
+@pytest.mark.parametrize("cls_path", ["easyedit_kne.hparams:KNEHyperParams", "easyedit_kne.fine:FiNEHyperParams"])
+def test_from_hparams_resolves_a_shipped_name(cls_path, tmp_path, monkeypatch):
+    import importlib
+
+    module, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    monkeypatch.chdir(tmp_path)  # nothing called llama-7b here: the name is a shipped one
+    hp = cls.from_hparams("llama-7b")
+    assert hp.alg_name == cls.ALG_NAME
+    assert hp.to_dict() == cls.from_hparams(os.path.join(REPO, "hparams", cls.ALG_NAME, "llama-7b.yaml")).to_dict()
+    assert cls.from_hparams("llama-7b.yaml").to_dict() == hp.to_dict()
+    # a path still wins over a shipped name
+    (tmp_path / "llama-7b.yaml").write_text(yaml.safe_dump({"alg_name": cls.ALG_NAME, "model_name": "mine"}))
+    assert cls.from_hparams("llama-7b").model_name == "mine"
+
+
+def test_from_hparams_unknown_name_lists_the_shipped_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="hparams file not found: llama-9b.*shipped names: .*llama-7b"):
+        KNEHyperParams.from_hparams("llama-9b")
+    with pytest.raises(FileNotFoundError, match="hparams file not found"):
+        KNEHyperParams.from_hparams(tmp_path / "missing" / "llama-7b.yaml")  # a path is not looked up by name

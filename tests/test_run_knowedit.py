@@ -1,4 +1,5 @@
-"""The KnowEdit runner (scripts/run_knowedit.py), its baselines module and scripts/compare.py, on a tiny model.
+"""The KnowEdit runner (easyedit_kne.bench; scripts/run_knowedit.py is its thin entry point), the baselines and
+compare, on a tiny model.
 
 The tiny fact model of tests/tiny_models.py is saved to a temporary folder (`model=path model.path=...`) and
 a KnowEdit-format JSON is written from its facts; KNE runs on 4 of them in single, batch and sequential mode,
@@ -19,14 +20,14 @@ import pytest
 import tiny_models as tm
 import torch
 
+from easyedit_kne.bench import adalora, compare, covariance, easyedit_methods
+from easyedit_kne.bench import case_log as cl
+from easyedit_kne.bench import requests as rq
+from easyedit_kne.bench import run_knowedit as rk
+from easyedit_kne.bench.config import CONF_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-import baselines  # noqa: E402
-import compare  # noqa: E402
-import run_knowedit as rk  # noqa: E402
 
 N_RECORDS = 16
 METRIC_KEYS = ("Edit Succ.", "Portability", "Locality", "Fluency", "Exact Match", "Rephrase")
@@ -73,7 +74,7 @@ def compose(args: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(SCRIPTS / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=args)
 
 
@@ -160,37 +161,43 @@ def test_sequential_mode_resume_after_truncated_line(tiny_run_inputs, tmp_path):
 def test_case_log_tolerates_only_a_truncated_last_line(tmp_path):
     path = tmp_path / "cases.jsonl"
     path.write_text('{"case_id": 0, "x": 1}\n{"case_id": 1, "x": 2}\n{"case_id": 2, "x"', encoding="utf-8")
-    log = rk.CaseLog(path)
+    log = cl.CaseLog(path)
     assert sorted(log.load()) == [0, 1] and log.dropped_tail > 0
     log.append({"case_id": 2, "x": 3})
     assert [json.loads(x)["case_id"] for x in path.read_text().splitlines()] == [0, 1, 2]
     path.write_text('{"case_id": 0}', encoding="utf-8")  # complete record without its newline: kept
-    assert sorted(rk.CaseLog(path).load()) == [0] and path.read_text() == '{"case_id": 0}\n'
+    assert sorted(cl.CaseLog(path).load()) == [0] and path.read_text() == '{"case_id": 0}\n'
     path.write_text('{"case_id": 0}\nnot json\n{"case_id": 1}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="damaged"):
-        rk.CaseLog(path).load()
+        cl.CaseLog(path).load()
 
 
 def test_localization_plans_are_disjoint_from_evaluated_items(tiny_run_inputs, tmp_path):
     model_dir, data = tiny_run_inputs
     records = knowedit_records()
-    requests, ids, n_file = rk.load_eval_requests(compose(overrides(tiny_run_inputs)))
+    requests, ids, n_file = rq.load_eval_requests(compose(overrides(tiny_run_inputs)))
     cfg = compose(overrides(tiny_run_inputs))
-    loc, desc = rk.plan_localization(cfg, requests, ids, n_file)
+    loc, desc = rq.plan_localization(cfg, requests, ids, n_file)
     assert desc["indices"] == [12, 16] and [r["prompt"] for r in loc] == [r["prompt"] for r in records[12:]]
     # the tail may not reach into the evaluated items
     cfg = compose(overrides(tiny_run_inputs, "localization.size=13"))
     with pytest.raises(ValueError, match="evaluated"):
-        rk.plan_localization(cfg, requests, ids, n_file)
+        rq.plan_localization(cfg, requests, ids, n_file)
     # a separate file: items sharing a prompt with an evaluated item are left out
     other = tmp_path / "train.json"
     other.write_text(json.dumps(records[2:8]), encoding="utf-8")  # records 2, 3 are evaluated
     cfg = compose(overrides(tiny_run_inputs, "localization.split=file", f"localization.path={other}",
                             "localization.size=3"))
-    loc, desc = rk.plan_localization(cfg, requests, ids, n_file)
+    loc, desc = rq.plan_localization(cfg, requests, ids, n_file)
     assert [r["prompt"] for r in loc] == [r["prompt"] for r in records[4:7]] and desc["skipped_same_prompt"] == 2
     cfg = compose(overrides(tiny_run_inputs, "localization.size=0"))
-    assert rk.plan_localization(cfg, requests, ids, n_file)[0] is None
+    assert rq.plan_localization(cfg, requests, ids, n_file)[0] is None
+
+
+def test_missing_knowedit_file_says_where_to_get_it(tmp_path):
+    cfg = compose(["data=zsre", f"knowedit_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(FileNotFoundError, match="zjunlp/KnowEdit.*knowedit_dir=.*data.path="):
+        rq.load_eval_requests(cfg)
 
 
 def test_other_config_in_same_output_dir_is_refused(tiny_run_inputs, tmp_path):
@@ -216,9 +223,9 @@ def test_adalora_baseline_edits_and_restores_exactly(fact_model_copy):
     fact = fact_model_copy.facts[0]
     request = {"prompt": fact["prompt"], "target_new": fact["target_new"], "subject": fact["subject"]}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    hp = baselines.AdaLoRAHyperParams(model_name="tiny", num_steps=12, lr=2e-2, rank=2,
+    hp = adalora.AdaLoRAHyperParams(model_name="tiny", num_steps=12, lr=2e-2, rank=2,
                                       target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
-    method = baselines.AdaLoRAMethod("AdaLoRA", hp, "test")
+    method = adalora.AdaLoRAMethod("AdaLoRA", hp, "test")
     result = method.edit(model, tok, [request])
     assert result.model.peft_config["default"].total_step == 12
     assert result.model.peft_config["default"].rank_pattern  # ranks were (re)allocated
@@ -240,7 +247,7 @@ def test_covariance_statistics_in_easyedit_cache_format(fact_model, tmp_path):
     texts = [f"{f['prompt']} {f['target_true']}." for f in fact_model.facts]
     text_file = tmp_path / "texts.txt"
     text_file.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    plan = baselines.covariance_plan(str(text_file), None, max_texts=20)
+    plan = covariance.covariance_plan(str(text_file), None, max_texts=20)
     assert plan.n_samples == 20 and plan.dataset_name.startswith("local_")
 
     class HP:
@@ -249,7 +256,7 @@ def test_covariance_statistics_in_easyedit_cache_format(fact_model, tmp_path):
         stats_dir = str(tmp_path / "stats")
         mom2_dtype = "float32"
 
-    info = baselines.ensure_covariance_stats(model, tok, HP, plan, progress=False)
+    info = covariance.ensure_covariance_stats(model, tok, HP, plan, progress=False)
     assert len(info["files"]) == 2 and info["computed_now"]
     name = model.config._name_or_path.rsplit("/")[-1]
     path = (tmp_path / "stats" / name / f"{plan.dataset_name}_stats"
@@ -268,16 +275,16 @@ def test_covariance_statistics_in_easyedit_cache_format(fact_model, tmp_path):
     x = torch.cat(feats).double()
     assert int(state["mom2.count"]) == x.shape[0]
     assert np.allclose(state["mom2.mom2"], (x.t() @ x).numpy(), rtol=1e-4, atol=1e-4)
-    again = baselines.ensure_covariance_stats(model, tok, HP, plan, progress=False)
+    again = covariance.ensure_covariance_stats(model, tok, HP, plan, progress=False)
     assert again["computed_now"] == []  # cached
 
 
 def test_rescale_layers():
-    assert baselines.rescale_layers([21], 28, 30) == [22]
-    assert baselines.rescale_layers([4, 5, 6, 7, 8], 28, 30) == [4, 5, 6, 7, 8]
-    assert baselines.rescale_layers([4, 5, 6, 7, 8], 32, 4) == [0, 1, 2, 3]
-    assert baselines.rescale_layers([5], 28, 28) == [5]
-    config, notes = baselines.adapt_easyedit_config(
+    assert easyedit_methods.rescale_layers([21], 28, 30) == [22]
+    assert easyedit_methods.rescale_layers([4, 5, 6, 7, 8], 28, 30) == [4, 5, 6, 7, 8]
+    assert easyedit_methods.rescale_layers([4, 5, 6, 7, 8], 32, 4) == [0, 1, 2, 3]
+    assert easyedit_methods.rescale_layers([5], 28, 28) == [5]
+    config, notes = easyedit_methods.adapt_easyedit_config(
         {"layers": [5], "v_loss_layer": 27, "fp16": True, "device": 0}, source_name="llama3.2-3b",
         model_path="/m/llama", depth=30, device="cpu", batch_size=1, overrides={"v_lr": 0.1, "layers": None})
     assert config == {"layers": [5], "v_loss_layer": 29, "fp16": False, "device": "cpu", "model_name": "/m/llama",
@@ -368,7 +375,7 @@ def test_sweep_configs_compose(name, key):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(SCRIPTS / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"sweep={name}"], return_hydra_config=True)
     assert str(cfg.hydra.mode).endswith("MULTIRUN") and key in cfg.hydra.sweeper.params
     if name == "batch":
