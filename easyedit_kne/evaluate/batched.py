@@ -4,7 +4,9 @@
   EasyEdit "group", left-padded on its own and run without position_ids, so a padded row's tokens sit at
   shifted positions. Here all groups go through ONE forward pass (the weights are read once): each group
   is padded further on the left to the widest group, and explicit position_ids give every row the
-  positions it has in its own group (extra pad columns are masked out).
+  positions it has in its own group (extra pad columns are masked out). A bigger batch rounds differently
+  (~1e-6 on the logits), so a group where some target position's argmax leads by less than TIE is run
+  again on its own, exactly as EasyEdit runs it.
 * Greedy exact match: a prompt whose group row has no padding was run exactly as `model.generate` runs it
   (same tokens, positions 0..n). Where the tokens of `prompt` are a prefix of the tokens of
   `prompt + ' ' + target`, the teacher-forced argmax at the target positions is greedy decoding for as
@@ -35,6 +37,7 @@ from .teacher_forced import (
     score_group,
 )
 
+TIE = 1e-3  # a group with a target position whose argmax leads by less is rerun alone (batching rounds)
 MARGIN = 1e-2  # logit lead of the argmax over the runner-up needed to trust it as the greedy token
 _NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
             "min_length": (None, 0), "min_new_tokens": (None, 0), "suppress_tokens": (None,),
@@ -57,7 +60,7 @@ def _eos_ids(model, tok) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def run_groups(model, groups: list[dict], device) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def run_groups(model, groups: list[dict], device, positions: bool = True):
     """One forward pass over the rows of every group; per group its [rows, T_g] argmax and top-2 margin,
     each row at the positions (and with the attention mask) it has when its group runs alone."""
     width = max(g["input_ids"].shape[1] for g in groups)
@@ -68,9 +71,10 @@ def run_groups(model, groups: list[dict], device) -> tuple[list[torch.Tensor], l
         ids.append(torch.nn.functional.pad(g["input_ids"], (extra, 0), value=int(g["input_ids"][0, 0])))
         mask.append(torch.nn.functional.pad(g["attention_mask"], (extra, 0), value=0))
         pos.append((torch.arange(width) - extra).clamp(min=0).expand(rows, width))
+    extra_kw = {"position_ids": torch.cat(pos).to(device)} if positions else {}  # alone: EasyEdit's call
     with torch.no_grad():
         logits = _logits(model(input_ids=torch.cat(ids).to(device), attention_mask=torch.cat(mask).to(device),
-                               position_ids=torch.cat(pos).to(device)))
+                               **extra_kw))
     top = torch.topk(logits.float(), 2, dim=-1)
     argmax, margin = top.indices[..., 0].cpu(), (top.values[..., 0] - top.values[..., 1]).cpu()
     out_a, out_m, row = [], [], 0
@@ -152,6 +156,10 @@ def fast_edit_quality(model, tok, request: dict, device=None, *, max_length: int
                 tok, item["prompt"], item["ground_truth"], max_length=max_length, locality=section == "locality",
                 use_chat_template=use_chat_template and section != "locality")))
     argmax, margin = run_groups(model, [s[3] for s in sections], device)
+    for j, (_, _, _, group) in enumerate(sections):
+        if min(float(margin[j][i, s - 1:].min()) if s < margin[j].shape[1] else float("inf")
+               for i, s in enumerate(group["starts"])) < TIE:
+            (argmax[j],), (margin[j],) = run_groups(model, [group], device, positions=False)
     ret: dict[str, Any] = {"metric_meta": {}}
     ret["locality"], ret["portability"] = {}, {}
     for (section, key, _, group), am in zip(sections, argmax, strict=True):
