@@ -29,7 +29,7 @@ def _case(evaluate, model, tok, request, cid):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", default=None, help="KnowEdit JSON (default: $KNOWEDIT_DIR or ../shared/data/knowedit, /zsre/ZsRE-test-all.json)")
+    p.add_argument("--data", default=None, help="KnowEdit JSON (default: zsre/ZsRE-test-all.json in $KNOWEDIT_DIR)")
     p.add_argument("--type", default="zsre")
     p.add_argument("--offset", type=int, default=200)
     p.add_argument("--size", type=int, default=5)
