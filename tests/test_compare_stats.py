@@ -74,3 +74,17 @@ def test_no_stats_flag_and_runs_without_cases(tmp_path, capsys):
         f.unlink()
     assert compare.main([str(tmp_path / "runs"), "--out-prefix", str(tmp_path / "b")]) == 0
     assert "bootstrap" not in capsys.readouterr().out
+
+
+def test_compare_draws_bars_with_cis_and_scatters(tmp_path, capsys):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    make_tree(tmp_path / "runs", n=6)
+    prefix = tmp_path / "fig" / "t"
+    assert compare.main([str(tmp_path / "runs"), "--out-prefix", str(prefix)]) == 0
+    names = sorted(p.name for p in prefix.parent.glob("*.png"))
+    assert names == ["t-bars-counterfact.png", "t-bars-zsre.png", "t-scatter-FT-L.png", "t-scatter-KNE.png",
+                     "t.png"]
+    for p in prefix.parent.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000

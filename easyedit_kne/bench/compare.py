@@ -262,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     Path(f"{prefix}.md").write_text(text, encoding="utf-8")
     write_csv(runs, Path(f"{prefix}.csv"))
     made = plot(runs, Path(f"{prefix}.png"))
+    if made and not args.no_stats:
+        from .plots import bar_charts, scatters
+
+        figures = bar_charts(runs, prefix, _order) + scatters(runs, prefix)
+        if figures:
+            print(f"wrote {len(figures)} figures: {prefix}-bars-<dataset>.png, {prefix}-scatter-<method>.png",
+                  file=sys.stderr)
     print(f"\nwrote {prefix}.md, {prefix}.csv" + (f", {prefix}.png" if made else ""), file=sys.stderr)
     return 0
 
