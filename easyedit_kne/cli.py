@@ -131,6 +131,17 @@ def add_compare_parser(sub) -> None:
     p.set_defaults(passthrough=_compare)
 
 
+def _bench_eval(argv: list[str]) -> int:
+    from .bench.bench_eval import main as bench_eval_main
+
+    return bench_eval_main(argv)
+
+
+def add_bench_eval_parser(sub) -> None:
+    p = sub.add_parser("bench-eval", add_help=False, help="evaluation cost, today vs cached + batched (--help)")
+    p.set_defaults(passthrough=_bench_eval)
+
+
 def add_bench_speed_parser(sub) -> None:
     p = sub.add_parser("bench-speed", add_help=False, help="speed and memory bench ([--quick] [--out F]; --help)")
     p.set_defaults(passthrough=_bench_speed)
@@ -148,7 +159,7 @@ def add_tune_parser(sub) -> None:
     add_parser(sub)
 
 
-COMMANDS = [add_knowedit_parser, add_compare_parser, add_localize_parser, add_bench_speed_parser,
+COMMANDS = [add_knowedit_parser, add_compare_parser, add_localize_parser, add_bench_speed_parser, add_bench_eval_parser,
             add_hparams_parser, add_demo_parser, add_smollm2_parser, add_edit_parsers, add_tune_parser]
 
 

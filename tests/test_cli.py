@@ -13,8 +13,8 @@ import pytest
 from easyedit_kne import cli
 
 REPO = Path(__file__).resolve().parent.parent
-EXPECTED = {"knowedit", "compare", "localize", "bench-speed", "hparams", "demo", "smollm2-path", "edit", "apply",
-            "tune"}
+EXPECTED = {"knowedit", "compare", "localize", "bench-speed", "bench-eval", "hparams", "demo", "smollm2-path",
+            "edit", "apply", "tune"}
 
 
 def test_every_command_is_registered_by_its_own_function():

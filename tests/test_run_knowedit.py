@@ -67,7 +67,7 @@ def overrides(inputs, *extra, kne: bool = True) -> list[str]:
     model_dir, data = inputs
     return ["model=path", f"model.path={model_dir}", "data.type=zsre", f"data.path={data}", "data.size=4",
             "localization.size=4", *(KNE_FAST if kne else ()), "eval.fluency_max_len=24", "progress=false",
-            "num_threads=1", *extra]
+            "num_threads=1", f"pre_eval_dir={model_dir.parent / 'pre_eval'}", *extra]
 
 
 def compose(args: list[str]):

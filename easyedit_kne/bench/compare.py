@@ -13,6 +13,10 @@ Rows are labelled by method (plus the model when several models occur); runs tha
 dataset are told apart by their folder relative to the RESULTS_DIR, e.g. a sweep's "method.hparams.p=0.5".
 Runs still in progress (summary.json with complete: false) are marked with "*".
 
+Then (unless --no-stats) every metric with its 95% bootstrap CI over items and, per dataset, each method
+paired with KNE (--reference) on the items both finished: the mean difference with its CI and whether the CI
+excludes 0 (compare_stats.py, easyedit_kne.stats; needs scipy and each run's cases.jsonl).
+
 --common compares like with like: for each dataset (the same data file), every run's numbers are recomputed
 from its cases.jsonl over the case ids that all of that dataset's runs finished without error (a 100-case
 KNE run next to a 20-case baseline is then scored on those 20). The case-count table says how many.
@@ -94,6 +98,7 @@ def restrict_to_common(runs: list[dict]) -> None:
             s.update(n_cases=len(common), n_expected=len(common), complete=True, timings=timings,
                      n_cases_in_run=len(rec))
             r["summary"] = s
+            r["common_ids"] = common
 
 
 def _dataset(s: dict) -> str:
@@ -233,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-prefix", default=None, help="writes PREFIX.md, PREFIX.csv, PREFIX.png "
                                                       "(default: <first RESULTS_DIR>/comparison)")
     p.add_argument("--digits", type=int, default=2)
+    p.add_argument("--no-stats", action="store_true", help="skip the bootstrap CIs and paired comparisons")
+    p.add_argument("--reference", default="KNE", help="the method every other one is paired with (default KNE)")
     p.add_argument("--common", action="store_true",
                    help="score every run of a dataset on the cases all of them finished (from cases.jsonl)")
     args = p.parse_args(argv)
@@ -244,12 +251,24 @@ def main(argv: list[str] | None = None) -> int:
         restrict_to_common(runs)
     label_runs(runs)
     text = tables(runs, args.digits)
+    if not args.no_stats:
+        from .compare_stats import attach_case_values, stats_text
+
+        attach_case_values(runs)
+        text += stats_text(runs, _order, reference=args.reference)
     sys.stdout.write(text)
     prefix = Path(args.out_prefix) if args.out_prefix else Path(args.results[0]) / "comparison"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.md").write_text(text, encoding="utf-8")
     write_csv(runs, Path(f"{prefix}.csv"))
     made = plot(runs, Path(f"{prefix}.png"))
+    if made and not args.no_stats:
+        from .plots import bar_charts, scatters
+
+        figures = bar_charts(runs, prefix, _order) + scatters(runs, prefix)
+        if figures:
+            print(f"wrote {len(figures)} figures: {prefix}-bars-<dataset>.png, {prefix}-scatter-<method>.png",
+                  file=sys.stderr)
     print(f"\nwrote {prefix}.md, {prefix}.csv" + (f", {prefix}.png" if made else ""), file=sys.stderr)
     return 0
 

@@ -180,7 +180,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         "notes": method.notes, "eval": _plain(cfg.eval), "device": str(cfg.device),
         "run_config_sha256": digest, "output_dir": str(out), "versions": _versions(),
     }
-    evaluate = Evaluator(cfg, method.max_length)
+    pre_dir = cfg.get("pre_eval_dir")
+    evaluate = Evaluator(cfg, method.max_length, None if pre_dir in (None, "") else _resolve(pre_dir))
     if cfg.edit_mode == "sequential":
         runner.run_sequential(method, model, tok, requests, case_ids, chunk_size, evaluate, digest)
     else:

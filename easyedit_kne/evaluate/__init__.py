@@ -58,6 +58,7 @@ no articles, single spaces).
 
 from __future__ import annotations
 
+from .batched import fast_edit_quality  # noqa: F401
 from .edit_quality import (  # noqa: F401
     compute_edit_quality,
 )
@@ -94,6 +95,7 @@ from .teacher_forced import (  # noqa: F401
     compute_locality_quality,
     compute_portability_quality,
     compute_rewrite_or_rephrase_quality,
+    encode_group,
     exact_match_score,
     finalize_locality_metrics,
     fit_prompts,
@@ -102,5 +104,6 @@ from .teacher_forced import (  # noqa: F401
     normalize_answer,
     perplexity,
     resolve_device,
+    score_group,
     test_prediction_acc,
 )

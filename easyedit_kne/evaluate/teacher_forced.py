@@ -67,13 +67,11 @@ def fit_prompts(tok, prompts, targets, max_length: int) -> list[str]:
     return out
 
 
-def test_prediction_acc(model, tok, prompts, targets, device=None, *, max_length: int = 40,
-                        locality: bool = False, use_chat_template: bool = False, truncate: bool = True):
-    """EasyEdit's teacher-forced `test_prediction_acc` (see the module docstring).
-
-    Returns a list of per-prompt accuracies, or with locality=True a list (one per prompt) of the argmax
-    token ids predicting the target tokens.
-    """
+def encode_group(tok, prompts, targets, *, max_length: int = 40, locality: bool = False,
+                 use_chat_template: bool = False, truncate: bool = True) -> dict:
+    """The tokens of one `test_prediction_acc` call, exactly as EasyEdit builds them: the left-padded batch of
+    `prompt + ' ' + target` ("input_ids", "attention_mask") and each row's first target position ("starts");
+    "prompts" are the prompts as evaluated (cut to max_length, chat template applied)."""
     if isinstance(prompts, str):
         prompts, targets = [prompts], [targets]
     prompts, targets = list(prompts), list(targets)
@@ -81,11 +79,11 @@ def test_prediction_acc(model, tok, prompts, targets, device=None, *, max_length
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     if not prompts:
         raise ValueError("no prompts to evaluate (EasyEdit fails on an empty list too)")
+    raw = prompts
     if truncate:
         prompts = fit_prompts(tok, prompts, targets, max_length)
     if not locality and use_chat_template:
         prompts = _apply_chat_template(tok, prompts)
-    device = resolve_device(model, device)
     prompt_target = [p + " " + t for p, t in zip(prompts, targets, strict=True)]
     limit = max(int(max_length), max(len(tok.encode(x)) for x in prompt_target) + 1)
     before = tok.padding_side
@@ -98,24 +96,45 @@ def test_prediction_acc(model, tok, prompts, targets, device=None, *, max_length
     pad = tok.pad_token_id
     n_prompt = [int((row != pad).sum()) for row in p_tok["input_ids"]]
     n_pad = [int((row == pad).sum()) for row in pt_tok["input_ids"]]
-    starts = [a + b for a, b in zip(n_pad, n_prompt, strict=True)]
-    inputs = {k: v.to(device) for k, v in pt_tok.items()}
-    with torch.no_grad():
-        logits = _logits(model(**inputs))
-    answers = torch.argmax(logits, dim=-1).detach().cpu().tolist()
-    labels = pt_tok["input_ids"].tolist()
+    return {"input_ids": pt_tok["input_ids"], "attention_mask": pt_tok["attention_mask"], "prompts": prompts,
+            "raw_prompts": raw, "starts": [a + b for a, b in zip(n_pad, n_prompt, strict=True)], "n_pad": n_pad,
+            "locality": locality}
+
+
+def score_group(group: dict, argmax) -> list:
+    """`test_prediction_acc`'s result from the group's argmax tokens (a [rows, T] tensor or nested list)."""
+    answers = argmax.tolist() if isinstance(argmax, torch.Tensor) else argmax
+    labels = group["input_ids"].tolist()
+    starts = group["starts"]
     # row[start-1:-1] are the predictions of the tokens row[start:]
     answers = [row[s - 1:-1] for row, s in zip(answers, starts, strict=True)]
     labels = [row[s:] for row, s in zip(labels, starts, strict=True)]
-    if locality:
+    if group["locality"]:
         return answers
     accs = []
     for ans, lab in zip(answers, labels, strict=True):
         acc = float(np.mean(np.equal(ans, lab))) if ans else float("nan")
-        if math.isnan(acc) and len(prompts) > 1:
+        if math.isnan(acc) and len(starts) > 1:
             continue  # EasyEdit drops NaN rows of a batch, but returns [nan] for a single prompt
         accs.append(acc)
     return accs
+
+
+def test_prediction_acc(model, tok, prompts, targets, device=None, *, max_length: int = 40,
+                        locality: bool = False, use_chat_template: bool = False, truncate: bool = True):
+    """EasyEdit's teacher-forced `test_prediction_acc` (see the module docstring): one batched forward pass
+    of the group `encode_group` builds (no position_ids, as EasyEdit).
+
+    Returns a list of per-prompt accuracies, or with locality=True a list (one per prompt) of the argmax
+    token ids predicting the target tokens.
+    """
+    group = encode_group(tok, prompts, targets, max_length=max_length, locality=locality,
+                         use_chat_template=use_chat_template, truncate=truncate)
+    device = resolve_device(model, device)
+    with torch.no_grad():
+        logits = _logits(model(input_ids=group["input_ids"].to(device),
+                               attention_mask=group["attention_mask"].to(device)))
+    return score_group(group, torch.argmax(logits, dim=-1).detach().cpu())
 
 
 test_prediction_acc.__test__ = False  # EasyEdit's name; keeps pytest from collecting it when imported
