@@ -76,3 +76,21 @@ def test_score_enforces_edit_succ_constraint():
     low = sp.score({"z": {"Edit_Succ": 98, "Locality": 100, "Portability": 100}}, obj)
     assert low == 98 - 200 and low < sp.score({"z": {"Edit_Succ": 99, "Locality": 0, "Portability": 0}}, obj)
     assert sp.parse_layers("3-5") == [3, 4, 5] and sp.parse_layers("all") == []
+
+
+def test_resume_fails_a_trial_left_running_by_a_killed_process(fact_model, tmp_path):
+    import optuna
+
+    from easyedit_kne.tuning.study import _storage
+
+    fm = fact_model
+    root = _files(tmp_path / "ke", fm.facts, 404)
+    out = tmp_path / "study"
+    out.mkdir()
+    # a process that asked for a trial and was killed before telling its result
+    killed = optuna.create_study(study_name="tune", storage=_storage(str(out)), direction="maximize")
+    killed.ask()
+    assert killed.trials[0].state.name == "RUNNING"
+    study = run_study(_cfg(), str(out), 2, model=fm.model, tok=fm.tok, knowedit_root=root)
+    states = [t.state.name for t in study.trials]
+    assert states[0] == "FAIL" and states[1:] == ["COMPLETE"]  # one new trial makes 2 finished; none left hanging

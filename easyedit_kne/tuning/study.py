@@ -114,12 +114,22 @@ def run_study(cfg: dict, out_dir: str, n_trials: int, model=None, tok=None, know
                             cases=res["cases"], seconds=res["seconds"]))
         return value
 
+    _fail_interrupted(study)
     finished = sum(t.state.name in ("COMPLETE", "PRUNED", "FAIL") for t in study.trials)
     remaining = max(0, n_trials - finished)
     if remaining:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=())
     write_best(out_dir, study, cfg, items)
     return study
+
+
+def _fail_interrupted(study) -> None:
+    """Trials left RUNNING by a killed process (this resumes them) are marked FAIL, so the sampler and the
+    trial count skip them instead of waiting for a worker that no longer exists."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
 
 
 def add_parser(sub) -> None:
