@@ -84,6 +84,9 @@ class ScoreCache:
             "prompt": request["prompt"],
             "target_new": target_text(request),
         }
+        method = getattr(hparams, "ig_method", "riemann_right")
+        if method != "riemann_right":  # keys written before ig_method existed stay valid
+            content["ig_method"] = method
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str) -> str:
