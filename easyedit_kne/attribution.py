@@ -42,6 +42,8 @@ from .tokens import check_encodable, check_requests, encode_requests
 __all__ = ["aggregate", "attribute", "attribute_per_request", "attribute_request", "attribute_requests",
            "attribute_request_naive", "frozen_parameters", "target_prob_sum"]
 
+_SCALE_F = True  # per-row F scaling against half-precision underflow (a switch for the test that shows why)
+
 AGGREGATIONS = {
     "max": lambda s: s.max(dim=0).values,
     "mean": lambda s: s.mean(dim=0),
@@ -206,6 +208,7 @@ def _run_pass(model, blocks, targets, enc: _Encoded, chunk, first):
             f = _row_prob_sums(logits, enc.target_ids[index], enc.mask[index])
             # per-row loss scaling against half-precision underflow (rows are independent)
             inv = torch.where(f.detach() > 0, 1.0 / f.detach().clamp_min(1e-38), torch.ones_like(f))
+            inv = inv if _SCALE_F else torch.ones_like(f)
             order = sorted(recorded)
             grads = torch.autograd.grad((f * inv).sum(), [recorded[t] for t in order], allow_unused=True)
     out = {}
