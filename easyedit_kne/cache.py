@@ -1,6 +1,7 @@
 """Localization cache: per-request attribution scores, content-addressed, written atomically.
 
-A key hashes (model weights fingerprint, target modules and axes, ig_steps, max_length, request text),
+A key hashes (model weights fingerprint, computed once per model state; target modules and axes,
+ig_steps, ig_method, max_length, request text),
 so a later run with more items, another p, scope or aggregation reuses every score already computed,
 while any change of the weights or of the attribution settings misses. Each file is safetensors with a
 checksum of its tensors in the metadata; a truncated or corrupted file is reported and recomputed.
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import warnings
+import weakref
 
 import torch
 
@@ -22,24 +24,46 @@ CACHE_VERSION = 1
 _SAMPLE = 4096
 
 
-def model_fingerprint(model) -> str:
-    """A hash of every parameter: name, shape, dtype, float64 sums and a strided sample of values.
+_CHUNK = 1 << 20
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (state, fingerprint)
 
-    Cheap enough to recompute before each localization (no full-byte hash of billions of weights), and
-    it changes when any weight changes: a sparse edit moves the tensor sums.
-    """
+
+def _parameter_state(model) -> tuple:
+    """Identity of the current weights: which tensors, where their data lives, and their in-place version
+    counters (any in-place write bumps `_version`; writes through `p.data` do not: call with refresh=True)."""
+    return tuple((name, id(p), p.data_ptr(), p._version, tuple(p.shape), str(p.dtype))
+                 for name, p in model.named_parameters())
+
+
+def _hash_parameters(model) -> str:
+    """Name, shape, dtype, a strided sample and float64 sums (Σx, Σ|x|, Σx²) of every parameter, the sums
+    accumulated chunk by chunk (at most _CHUNK values converted at a time, never a float64 copy of a weight)."""
     h = hashlib.sha256()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            flat = p.detach().flatten()
+            flat = p.detach().reshape(-1)
             stride = max(1, flat.numel() // _SAMPLE)
             sample = flat[::stride][:_SAMPLE].float().cpu()
-            d = flat.double()
-            stats = torch.stack([d.sum(), d.abs().sum(), (d * d).sum()]).cpu()
+            stats = torch.zeros(3, dtype=torch.float64, device=flat.device)
+            for chunk in flat.split(_CHUNK):
+                c = chunk.double()
+                stats += torch.stack([c.sum(), c.abs().sum(), (c * c).sum()])
             h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
             h.update(sample.numpy().tobytes())
-            h.update(stats.numpy().tobytes())
+            h.update(stats.cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def model_fingerprint(model, refresh: bool = False) -> str:
+    """A hash of the model's weights, computed once per model state: cached on the model until a parameter
+    is replaced or written in place (its `_version` moves). A sparse edit moves the tensor sums."""
+    state = _parameter_state(model)
+    cached = _FINGERPRINTS.get(model)
+    if not refresh and cached is not None and cached[0] == state:
+        return cached[1]
+    fingerprint = _hash_parameters(model)
+    _FINGERPRINTS[model] = (_parameter_state(model), fingerprint)
+    return fingerprint
 
 
 def _tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -70,7 +94,7 @@ class ScoreCache:
         self.misses = 0
 
     def refresh(self, model) -> None:
-        self.fingerprint = model_fingerprint(model)
+        self.fingerprint = model_fingerprint(model, refresh=True)
 
     def key(self, request, targets, hparams) -> str:
         if self.fingerprint is None:
@@ -84,6 +108,9 @@ class ScoreCache:
             "prompt": request["prompt"],
             "target_new": target_text(request),
         }
+        method = getattr(hparams, "ig_method", "riemann_right")
+        if method != "riemann_right":  # keys written before ig_method existed stay valid
+            content["ig_method"] = method
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def path(self, key: str) -> str:

@@ -37,15 +37,17 @@ def add_demo_parser(sub) -> None:
 
 # -------------------------------------------------------------------------------------------- localize
 def _localize(args) -> int:
+    from .distributed import localize_distributed
     from .hparams import KNEHyperParams
     from .knowedit import load_knowedit
-    from .localization import localize
     from .models import load_model
 
     hparams = KNEHyperParams.from_hparams(args.hparams)
     model, tok = load_model(args.model or hparams.model_name)
     requests = load_knowedit(args.data, data_type=args.data_type, size=args.size or None)
-    ensemble = localize(model, tok, requests, hparams)
+    ensemble = localize_distributed(model, tok, requests, hparams)  # plain localize() outside torchrun
+    if ensemble is None:  # a torchrun rank other than 0: rank 0 writes the ensemble
+        return 0
     ensemble.save(args.out)
     print(f"{ensemble} from {len(requests)} items -> {args.out}")
     return 0

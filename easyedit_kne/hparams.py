@@ -20,6 +20,7 @@ SCORE_AGGREGATIONS = ("max", "mean", "sum")
 INITS = ("zero", "kaiming")
 OPTIMIZERS = ("adam", "adamw")
 STOP_RULES = ("loss", "accuracy")
+IG_METHODS = ("riemann_right", "gausslegendre")  # as in quadrature.py (kept here: no numpy at import)
 
 
 def _as_number(name: str, value: Any, kind: type) -> Any:
@@ -163,7 +164,9 @@ class KNEHyperParams(HyperParamsBase):
     p: float = 1.0  # percent of targeted neurons kept
     selection_scope: str = "global"
     ig_steps: int = 20
+    ig_method: str = "riemann_right"  # quadrature of Eq. 4: riemann_right (Eq. 5) | gausslegendre
     ig_batch_size: int = 64  # most sequences in one attribution pass (memory knob)
+    ig_request_batch: int = 4  # most requests whose rows share one attribution pass (padded)
     score_aggregation: str = "max"
     localization_size: int = 0  # 0: localize on the edit requests themselves
     localization_data: str | None = None  # KnowEdit-format JSON for a separate localization set
@@ -198,7 +201,7 @@ class KNEHyperParams(HyperParamsBase):
             raise ValueError(f"alg_name={self.alg_name!r}: KNEHyperParams needs alg_name='KNE'")
         if self.model_name is None or (isinstance(self.model_name, str) and not self.model_name):
             raise ValueError("model_name is required: an HF path/id, a config name, or a (model, tok) tuple")
-        for name in ("batch_size", "max_length", "ig_steps", "ig_batch_size", "localization_size",
+        for name in ("batch_size", "max_length", "ig_steps", "ig_batch_size", "ig_request_batch", "localization_size",
                      "num_steps", "seed", "kl_subject_count", "nullspace_samples"):
             setattr(self, name, _as_number(name, getattr(self, name), int))
         for name in ("p", "lr", "weight_decay", "alpha", "t_loss", "kl_prompt_weight", "kl_subject_weight",
@@ -209,6 +212,8 @@ class KNEHyperParams(HyperParamsBase):
         _check_range("p", self.p, 0, 100, lo_open=True, allowed="0 < p <= 100 (percent of neurons kept)")
         _check_range("ig_steps", self.ig_steps, 1, None, allowed="an integer >= 1")
         _check_range("ig_batch_size", self.ig_batch_size, 2, None, allowed="an integer >= 2")
+        _check_range("ig_request_batch", self.ig_request_batch, 1, None,
+                     allowed="an integer >= 1 (requests sharing one attribution pass)")
         _check_range("localization_size", self.localization_size, 0, None,
                      allowed="an integer >= 0 (0 = localize on the edit requests)")
         _check_range("num_steps", self.num_steps, 1, None, allowed="an integer >= 1")
@@ -229,6 +234,7 @@ class KNEHyperParams(HyperParamsBase):
         _check_choice("neuron_axis", self.neuron_axis, NEURON_AXES)
         _check_choice("selection_scope", self.selection_scope, SELECTION_SCOPES)
         _check_choice("score_aggregation", self.score_aggregation, SCORE_AGGREGATIONS)
+        _check_choice("ig_method", self.ig_method, IG_METHODS)
         if isinstance(self.target_modules, str):
             self.target_modules = [self.target_modules]
         if not isinstance(self.target_modules, (list, tuple)) or not self.target_modules or not all(

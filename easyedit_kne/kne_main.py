@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .edit_artifact import EditRecorder
 from .ensemble import KnowledgeNeuronalEnsemble
 from .hooks import Hooks
-from .localization import localization_requests, localize
+from .localization import load_ensemble_once, localized_ensemble
 from .merge import SparseUpdate, merge_checked, merge_updates
 from .modules import check_not_offloaded, targets_from_hparams
 from .tokens import IGNORE_INDEX, check_requests, encode_requests, logprobs_at, prediction_positions
@@ -234,14 +234,13 @@ def merge_with_copy(model, updates: list[SparseUpdate], return_orig_weights: boo
 
 
 def resolve_ensemble(model, tok, requests, hparams, ensemble, stats: EditStats, progress: bool):
+    # once per localization set / ensemble file in this process (an editor loop calls this per edit)
     if ensemble is None and hparams.ensemble_path:
-        ensemble = KnowledgeNeuronalEnsemble.load(hparams.ensemble_path)
+        ensemble = load_ensemble_once(hparams.ensemble_path)
     if isinstance(ensemble, (str, bytes)) or hasattr(ensemble, "__fspath__"):
-        ensemble = KnowledgeNeuronalEnsemble.load(ensemble)
+        ensemble = load_ensemble_once(ensemble)
     if ensemble is None:
-        start = time.perf_counter()
-        ensemble = localize(model, tok, localization_requests(hparams, requests), hparams, progress=progress)
-        stats.localize_seconds = time.perf_counter() - start
+        ensemble, stats.localize_seconds = localized_ensemble(model, tok, hparams, requests, progress)
     ensemble.check_model(model)
     if ensemble.num_neurons == 0:
         raise ValueError("KNE: the ensemble selected no neuron (no positive attribution score); "

@@ -86,3 +86,43 @@ def test_concurrent_writers_leave_a_valid_file(tmp_path):
     assert got is not None and len(set(got["a"].tolist())) == 1
     leftovers = [f for f in os.listdir(os.path.dirname(cache.path("k" * 64))) if f.endswith(".tmp")]
     assert leftovers == []
+
+
+def test_fingerprint_once_per_model_state(tiny_tok, monkeypatch):
+    import tiny_models
+
+    from easyedit_kne import cache as cache_module
+
+    calls = []
+    real = cache_module._hash_parameters
+    monkeypatch.setattr(cache_module, "_hash_parameters", lambda m: calls.append(1) or real(m))
+    model = tiny_models.make_model("llama", tiny_tok)
+    first = cache_module.model_fingerprint(model)
+    assert cache_module.model_fingerprint(model) == first and len(calls) == 1  # no rehash
+    weight = model.model.layers[1].mlp.down_proj.weight
+    with torch.no_grad():
+        weight[3, 5] += 1e-3  # a sparse in-place edit
+    edited = cache_module.model_fingerprint(model)
+    assert edited != first and len(calls) == 2
+    with torch.no_grad():
+        weight[3, 5] -= 1e-3
+    assert cache_module.model_fingerprint(model) != edited and len(calls) == 3
+    other = tiny_models.make_model("llama", tiny_tok)  # same weights, another object: same fingerprint
+    assert cache_module.model_fingerprint(other) == cache_module.model_fingerprint(model)
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach() * 2)  # a replaced parameter
+    assert cache_module.model_fingerprint(model) != edited
+
+
+def test_fingerprint_converts_chunks_not_whole_weights(tiny_tok, monkeypatch):
+    """The float64 sums go chunk by chunk: no float64 tensor larger than a chunk is made."""
+    import tiny_models
+
+    from easyedit_kne import cache as cache_module
+
+    model = tiny_models.make_model("llama", tiny_tok)
+    monkeypatch.setattr(cache_module, "_CHUNK", 64)
+    largest = []
+    real_double = torch.Tensor.double
+    monkeypatch.setattr(torch.Tensor, "double", lambda t: largest.append(t.numel()) or real_double(t))
+    cache_module._hash_parameters(model)
+    assert largest and max(largest) <= 64
