@@ -1,4 +1,5 @@
-"""Held-out fact batches for real-model quality tests: well-known facts that SmolLM2-135M-Instruct answers
+"""Held-out fact batches for real-model quality checks (tests/test_*_smollm2.py and
+`python -m easyedit_kne.bench.heldout`): well-known facts that SmolLM2-135M-Instruct answers
 correctly (greedy 3-token continuation checked), edited to counterfactual targets. None of them was used to
 tune any shipped hparams (the demo's facts in easyedit_kne/demo.py were; the tuner only sees KnowEdit dev items),
 so a test on them measures how the hparams carry over to facts nobody tuned for.
@@ -9,7 +10,12 @@ subject, not edited: the hardest locality cases) and 20 unrelated prompts.
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+
 import torch
+import yaml
 
 BATCH_A = {
     "edits": [
@@ -85,3 +91,80 @@ def edit_success(model, tok, batch: dict, max_length: int = 40) -> float:
 
 def kept(before: list[list[int]], after: list[list[int]]) -> int:
     return sum(a == b for a, b in zip(before, after, strict=True))
+
+
+def measure_kne_batch(model, tok, hparams, batch: dict) -> dict:
+    """One batch edit of the 8 facts (KNE, localized as the hparams say), measured, then rolled back."""
+    from easyedit_kne import EditStats, apply_kne_to_model
+
+    unrelated = greedy_tokens(model, tok, batch["unrelated"])
+    neighbours = greedy_tokens(model, tok, batch["neighbours"])
+    es_before = edit_success(model, tok, batch, hparams.max_length)
+    stats, start = EditStats(), time.perf_counter()
+    _, weights_copy = apply_kne_to_model(model, tok, batch_requests(batch), hparams, stats=stats,
+                                         return_orig_weights=True)
+    row = {"es_before": es_before, "es": edit_success(model, tok, batch, hparams.max_length),
+           "unrelated_kept": kept(unrelated, greedy_tokens(model, tok, batch["unrelated"])),
+           "neighbours_kept": kept(neighbours, greedy_tokens(model, tok, batch["neighbours"])),
+           "seconds": round(time.perf_counter() - start, 1), "steps": stats.steps, "neurons": stats.num_neurons}
+    with torch.no_grad():
+        for name, value in weights_copy.items():
+            model.get_parameter(name)[...] = value
+    return row
+
+
+def measure_fine_singles(model, tok, hparams, batch: dict) -> dict:
+    """The 8 facts edited one at a time with FiNE, each rolled back: means over the 8 edits."""
+    from easyedit_kne.evaluate import test_prediction_acc
+    from easyedit_kne.fine import FiNEStats, apply_fine_to_model
+
+    unrelated = greedy_tokens(model, tok, batch["unrelated"])
+    neighbours = greedy_tokens(model, tok, batch["neighbours"])
+    rows = []
+    for prompt, new, _ in batch["edits"]:
+        start = time.perf_counter()
+        _, weights_copy = apply_fine_to_model(model, tok, [{"prompt": prompt, "target_new": new}], hparams,
+                                              stats=FiNEStats(), return_orig_weights=True)
+        rows.append({"es": test_prediction_acc(model, tok, [prompt], [new], max_length=hparams.max_length)[0],
+                     "unrelated_kept": kept(unrelated, greedy_tokens(model, tok, batch["unrelated"])),
+                     "neighbours_kept": kept(neighbours, greedy_tokens(model, tok, batch["neighbours"])),
+                     "seconds": time.perf_counter() - start})
+        with torch.no_grad():
+            for name, value in weights_copy.items():
+                model.get_parameter(name)[...] = value
+    n = len(rows)
+    return {"es": sum(r["es"] for r in rows) / n,
+            "unrelated_kept": sum(r["unrelated_kept"] for r in rows) / n,
+            "min_unrelated_kept": min(r["unrelated_kept"] for r in rows),
+            "neighbours_kept": sum(r["neighbours_kept"] for r in rows) / n,
+            "seconds_per_edit": round(sum(r["seconds"] for r in rows) / n, 1)}
+
+
+def main(argv=None) -> int:
+    """python -m easyedit_kne.bench.heldout HPARAMS.yaml [...] [--threads 1]: one JSON line per (YAML, batch)."""
+    import argparse
+
+    from easyedit_kne.models import load_model
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("hparams", nargs="+", help="KNE or FiNE hparams YAMLs (paths or shipped names)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model)
+    from easyedit_kne.fine import FiNEHyperParams
+    from easyedit_kne.hparams import KNEHyperParams
+
+    for path in args.hparams:
+        with open(path, encoding="utf-8") as f:
+            alg = "KNE" if str(yaml.safe_load(f).get("alg_name", "KNE")).upper() == "KNE" else "FiNE"
+        hp = (FiNEHyperParams if alg == "FiNE" else KNEHyperParams).from_hparams(path)
+        for name, batch in BATCHES.items():
+            row = (measure_fine_singles if alg == "FiNE" else measure_kne_batch)(model, tok, hp, batch)
+            print(json.dumps({"hparams": str(path), "alg": alg, "batch": name, **row}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
