@@ -51,6 +51,7 @@ def test_page_has_cis_n_flag_common_subset_pairs_provenance_and_published(tree, 
     page_path = tmp_path / "docs" / "page.md"
     assert compare.main([str(tree), "--markdown", str(page_path), "--readme", str(readme)]) == 0
     page = page_path.read_text(encoding="utf-8")
+    assert "the protocol's test split (items [0, 100)" in page and "NOT the protocol" not in page
     all_items = page.split("## All items of each run")[1].split("## The common subset")[0]
     assert "| KNE | 8 | 75.0 [" in all_items and "| FT-L | 8 | 50.0 [" in all_items
     assert f"| ROME | 3 {docs_table.FEWER} | 100.0 [" in all_items  # flagged: 3 items next to 8

@@ -187,9 +187,11 @@ def generate(results: list[str], markdown: str, readme: str | None = None, title
                  f"(`{WHOLE_TABLE}`); commit their cases.jsonl, summary.json, run_config.json and ensembles, then "
                  "regenerate this page.", ""]
     else:
-        page += ["Single edits rolled back after each case, the protocol's test split (items [0, 100) of each "
-                 "file, docs/protocol.md). Means over items with 95% bootstrap CIs, x100 (Fluency: n-gram entropy "
-                 "x100).", "", ci_tables(runs, "All items of each run")]
+        test = all("test" in Path(r["rel"] or r["path"]).parts or "test" in Path(r["path"]).parts for r in runs)
+        split = ("the protocol's test split (items [0, 100) of each file, docs/protocol.md)" if test else
+                 "NOT the protocol's test split (not every run is under a test/ folder): not for reporting")
+        page += [f"Runs as their summary.json records them (edit mode, items); {split}. Means over items with 95% "
+                 "bootstrap CIs, x100 (Fluency: n-gram entropy x100).", "", ci_tables(runs, "All items of each run")]
         common = copy.deepcopy([{k: v for k, v in r.items() if k not in ("values", "cells")} for r in runs])
         try:
             restrict_to_common(common)
