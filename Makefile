@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 # torch first, pinned: this CPU build is what the machines here have; an unpinned torch pulls CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv torch install-test install-demo test lint demo bench clean
+.PHONY: venv torch install-test install-demo test lint demo bench table clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ demo: install-demo
 
 bench: install-demo
 	$(PY) scripts/bench_speed.py
+
+# docs/knowedit-smollm2.md and README.md's table, from the committed runs under benchmarks/ only (measures nothing)
+table: install-demo
+	$(PY) -m easyedit_kne compare benchmarks/smollm2-135m/test --markdown docs/knowedit-smollm2.md --readme README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -242,7 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", default="KNE", help="the method every other one is paired with (default KNE)")
     p.add_argument("--common", action="store_true",
                    help="score every run of a dataset on the cases all of them finished (from cases.jsonl)")
+    p.add_argument("--markdown", default=None, help="write the generated results page here (docs_table.py) "
+                                                    "from the committed runs, and nothing else")
+    p.add_argument("--readme", default=None, help="with --markdown: also regenerate this README's table block")
     args = p.parse_args(argv)
+    if args.markdown:
+        from .docs_table import generate
+
+        generate(args.results, args.markdown, args.readme)
+        print(f"wrote {args.markdown}" + (f" and the table of {args.readme}" if args.readme else ""), file=sys.stderr)
+        return 0
     runs = find_summaries(args.results)
     if not runs:
         print(f"no summary.json under {', '.join(args.results)}", file=sys.stderr)

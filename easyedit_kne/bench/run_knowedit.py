@@ -52,7 +52,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from . import easyedit_methods
+from . import easyedit_methods, portable
 from .case_log import CASES, RESULT_FILES, RUN_CONFIG, StopAfter
 from .config import CONF_DIR, register_resolvers
 from .evaluator import Evaluator
@@ -158,7 +158,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     chunk_size = 1 if cfg.edit_mode == "single" else int(cfg.batch_size)
     if chunk_size > 1 and not method.batchable:
         raise ValueError(f"{method.name} edits one request at a time (EasyEdit: not batchable); use batch_size=1")
-    fingerprint = run_fingerprint(cfg, method, model_path)
+    fingerprint = portable.portable_fingerprint(run_fingerprint(cfg, method, model_path), cfg, out, model, model_path)
+    portable.migrate_run_config(out, fingerprint, cfg, model_path)
     digest = check_run_config(out, fingerprint)
 
     runner = Runner(cfg, out)
@@ -180,6 +181,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         "notes": method.notes, "eval": _plain(cfg.eval), "device": str(cfg.device),
         "run_config_sha256": digest, "output_dir": str(out), "versions": _versions(),
     }
+    runner.context = portable.portable_context(runner.context, cfg, out, model_path)
     pre_dir = cfg.get("pre_eval_dir")
     evaluate = Evaluator(cfg, method.max_length, None if pre_dir in (None, "") else _resolve(pre_dir))
     if cfg.edit_mode == "sequential":

@@ -1,0 +1,83 @@
+"""Results folders without machine paths (easyedit_kne.bench.portable): a run written under one root, moved to
+another root, resumes there without recomputing its finished cases, and none of its files holds an absolute
+path. On the tiny fact model; nothing from ../shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import tiny_models as tm
+from test_run_knowedit import KNE_FAST, compose, knowedit_records
+
+from easyedit_kne.bench import portable
+from easyedit_kne.bench import run_knowedit as rk
+
+
+def _make_root(root: Path) -> None:
+    fm = tm.get_fact_model()
+    fm.model.save_pretrained(root / "models" / "tiny-llama")
+    fm.tok.save_pretrained(root / "models" / "tiny-llama")
+    data = root / "knowedit" / "zsre" / "ZsRE-test-all.json"
+    data.parent.mkdir(parents=True)
+    data.write_text(json.dumps(knowedit_records()), encoding="utf-8")
+
+
+def _run(root: Path, *extra) -> dict:
+    args = ["model=path", f"model.path={root / 'models' / 'tiny-llama'}", "data=zsre", "data.size=2",
+            f"knowedit_dir={root / 'knowedit'}", "localization.size=4", *KNE_FAST, "eval.fluency_max_len=24",
+            "progress=false", "num_threads=1", f"pre_eval_dir={root / 'benchmarks' / 'pre_eval'}", *extra]
+    return rk.run(compose(args), output_dir=root / "benchmarks" / "tiny" / "dev" / "zsre" / "KNE")
+
+
+def test_run_moved_to_another_root_resumes_without_recomputing_and_is_path_free(tmp_path):
+    first, second = tmp_path / "machine-a", tmp_path / "machine-b"
+    _make_root(first)
+    with pytest.raises(rk.StopAfter):
+        _run(first, "stop_after=1")
+    out_a = first / "benchmarks" / "tiny" / "dev" / "zsre" / "KNE"
+    assert portable.audit_folder(first / "benchmarks") == []
+    case0 = (out_a / "cases.jsonl").read_text(encoding="utf-8")
+    config = json.loads((out_a / "run_config.json").read_text(encoding="utf-8"))["config"]
+    assert config["data"]["path"] == "${knowedit_dir}/zsre/ZsRE-test-all.json"
+    assert config["model"]["name"] == "tiny-llama" and len(config["model"]["sha256"]) == 64
+    assert config["hparams"]["model_name"] == "${model:tiny-llama}"
+    shutil.move(str(first), str(second))  # the whole tree on another machine: machine-a no longer exists
+    out_b = second / "benchmarks" / "tiny" / "dev" / "zsre" / "KNE"
+    summary = _run(second)
+    lines = (out_b / "cases.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and lines[0] + "\n" == case0  # case 0 kept as it was, only case 1 computed
+    assert summary["n_cases"] == 2 and summary["complete"]
+    assert summary["localization"]["reused"] is True and summary["localization"]["ensemble"] == "ensemble.safetensors"
+    assert summary["output_dir"].endswith("benchmarks/tiny/dev/zsre/KNE") and not summary["output_dir"].startswith("/")
+    assert summary["versions"]["torch"] and summary["machine"]["cpu_count"] >= 1
+    assert portable.audit_folder(second / "benchmarks") == []
+    assert not list(tmp_path.glob("machine-a"))
+
+
+def test_old_run_config_with_absolute_paths_is_migrated_and_resumes(tmp_path):
+    _make_root(tmp_path)
+    with pytest.raises(rk.StopAfter):
+        _run(tmp_path, "stop_after=1")
+    out = tmp_path / "benchmarks" / "tiny" / "dev" / "zsre" / "KNE"
+    path = out / "run_config.json"
+    old = json.loads(path.read_text(encoding="utf-8"))
+    old["config"]["data"]["path"] = str(tmp_path / "knowedit" / "zsre" / "ZsRE-test-all.json")
+    old["config"]["model"] = {"path": str(tmp_path / "models" / "tiny-llama"), "dtype": "float32"}
+    old["sha256"] = "0" * 64
+    path.write_text(json.dumps(old), encoding="utf-8")
+    summary = _run(tmp_path)
+    assert summary["n_cases"] == 2
+    assert portable.audit_folder(out) == []
+
+
+def test_portable_text_names_roots_and_drops_unknown_folders():
+    roots = [("/work/x/run", "."), ("/work/kd", "${knowedit_dir}"), ("/work/x", "")]
+    text = "texts: /work/kd/wikibio/a.json, /work/x/hparams/KNE/s.yaml and /root/.cache/m/model.bin"
+    assert portable.portable_text(text, sorted(roots, key=lambda p: -len(p[0]))) == (
+        "texts: ${knowedit_dir}/wikibio/a.json, hparams/KNE/s.yaml and ${elsewhere}/model.bin")
+    assert portable.portable_text("/work/x/run/ensemble.safetensors", roots) == "ensemble.safetensors"
+    assert portable.audit({"a": ["ok 1/2", "/home/u/f"]}) == ["a[0]: /home/u/f"] or portable.audit(
+        {"a": ["ok 1/2", "/home/u/f"]}) == ["a[1]: /home/u/f"]
