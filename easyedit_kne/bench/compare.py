@@ -69,6 +69,8 @@ def _case_records(run: dict) -> dict[int, dict]:
     """Finished, error-free cases of a run: {case_id: record} from the cases.jsonl beside its summary."""
     from .case_log import CASES, parse_case_lines  # the runner's own reading of its case log (read only)
 
+    if "cases" in run:  # the shards of a run, merged (shards.py)
+        return {cid: rec for cid, rec in run["cases"].items() if "error" not in rec}
     path = Path(run["path"]) / CASES
     if not path.exists():
         raise FileNotFoundError(f"{path}: --common needs the cases.jsonl beside summary.json")
@@ -243,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--common", action="store_true",
                    help="score every run of a dataset on the cases all of them finished (from cases.jsonl)")
     args = p.parse_args(argv)
-    runs = find_summaries(args.results)
+    from .shards import merge_shard_runs
+
+    runs = merge_shard_runs(find_summaries(args.results))  # data.shard=K/N runs: one run per shard-K-of-N set
     if not runs:
         print(f"no summary.json under {', '.join(args.results)}", file=sys.stderr)
         return 1
