@@ -157,3 +157,19 @@ def test_joblib_launcher_runs_two_shards_in_parallel_then_compare_merges(tiny_ru
     assert merged["n_cases"] == 2 and merged["complete"]
     assert compare.main([str(out), "--out-prefix", str(tmp_path / "cmp"), "--no-stats"]) == 0
     assert "| KNE | ZsRE | 2/2 |" in capsys.readouterr().out
+
+
+def test_slurm_example_config_composes():
+    """The shipped Slurm example (conf/launcher/slurm.yaml) composes with hydra-submitit-launcher; no cluster
+    here, so nothing is submitted."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install 'easyedit-kne[slurm]'")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from easyedit_kne.bench.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=["+launcher=slurm", "data.shard=1/4"],
+                            return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
+    assert cfg.data.shard == "1/4" and cfg.method.name == "KNE"
