@@ -69,6 +69,8 @@ def _case_records(run: dict) -> dict[int, dict]:
     """Finished, error-free cases of a run: {case_id: record} from the cases.jsonl beside its summary."""
     from .case_log import CASES, parse_case_lines  # the runner's own reading of its case log (read only)
 
+    if "cases" in run:  # the shards of a run, merged (shards.py)
+        return {cid: rec for cid, rec in run["cases"].items() if "error" not in rec}
     path = Path(run["path"]) / CASES
     if not path.exists():
         raise FileNotFoundError(f"{path}: --common needs the cases.jsonl beside summary.json")
@@ -252,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.results, args.markdown, args.readme)
         print(f"wrote {args.markdown}" + (f" and the table of {args.readme}" if args.readme else ""), file=sys.stderr)
         return 0
-    runs = find_summaries(args.results)
+    from .shards import merge_shard_runs
+
+    runs = merge_shard_runs(find_summaries(args.results))  # data.shard=K/N runs: one run per shard-K-of-N set
     if not runs:
         print(f"no summary.json under {', '.join(args.results)}", file=sys.stderr)
         return 1

@@ -176,7 +176,9 @@ def generate(results: list[str], markdown: str, readme: str | None = None, title
     """Write the page (and the README block); returns the page's text."""
     out = Path(markdown)
     results, markdown = [_shown(r) for r in results], _shown(markdown)
-    runs = [r for root in results for r in (find_summaries([root]) if Path(root).is_dir() else [])]
+    from .shards import merge_shard_runs
+
+    runs = merge_shard_runs([r for root in results for r in (find_summaries([root]) if Path(root).is_dir() else [])])
     label_runs(runs)
     cell_stats(runs)
     title = title or "KnowEdit on SmolLM2-135M-Instruct: generated results"

@@ -8,6 +8,8 @@
     python scripts/run_knowedit.py -m method=KNE method.hparams.p=0.1,0.5,1,2,5     # one output dir per run
     python scripts/run_knowedit.py sweep=p | sweep=loc_size | sweep=batch | sweep=target_module | sweep=table
     EASYEDIT_PATH=/path/to/EasyEdit ee-venv/bin/python scripts/run_knowedit.py method=ROME ...   # EasyEdit baselines
+    python scripts/run_knowedit.py ... data.shard=0/2 output_dir=DIR   # shard 0 of 2, in DIR/shard-0-of-2
+    python scripts/run_knowedit.py -m ... hydra/launcher=joblib data.shard=0/2,1/2   # both shards in parallel
 
 Configuration: easyedit_kne/bench/conf/ (package data; config.yaml documents every key). Methods: KNE,
 FiNE (ours), FT-L, FT-M, LoRA, ROME, MEMIT (EasyEdit's code, through easyedit_kne.register();
@@ -38,7 +40,11 @@ Resuming: rerun the same command. Finished case ids are read from cases.jsonl an
 line from a killed run is cut off first; a batch chunk that was cut in the middle is edited again and only its
 missing cases are written), the ensemble is reused, and a sequential run reloads its checkpoint. The
 result-relevant config is kept in run_config.json; rerunning into the same directory with another config is
-refused (overwrite=true starts over)."""
+refused (overwrite=true starts over).
+
+Sharding (`data.shard=K/N`, easyedit_kne/bench/shards.py): the run's edit chunks are dealt round-robin to N shards;
+shard K runs its chunks in <run dir>/shard-K-of-N/ (resumable as above), with the ensemble localized on the same
+held-out items as the whole run; compare.py merges the shard folders of a run into one (docs/distributed-runs.md)."""
 
 from __future__ import annotations
 
@@ -60,9 +66,11 @@ from .methods import build_method
 from .ours import _plain
 from .requests import _resolve, load_eval_requests
 from .runner import Runner
+from .shards import parse_shard, register_resolver, select_shard, shard_info, shard_output_dir
 from .summary import format_summary
 
 register_resolvers()
+register_resolver()
 EDIT_MODES = ("single", "batch", "sequential")
 __all__ = ["CASES", "StopAfter", "main", "run"]
 
@@ -134,8 +142,8 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         from hydra.core.hydra_config import HydraConfig
 
         output_dir = HydraConfig.get().runtime.output_dir
-    out = _resolve(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    shard = parse_shard(cfg.data.get("shard"))
+    out = shard_output_dir(_resolve(output_dir), shard)
     if cfg.edit_mode not in EDIT_MODES:
         raise ValueError(f"edit_mode={cfg.edit_mode!r}: choose one of {', '.join(EDIT_MODES)}")
     if int(cfg.batch_size) < 1:
@@ -144,6 +152,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         raise ValueError("edit_mode=single edits one case at a time: set batch_size=1, or edit_mode=batch")
     if cfg.on_error not in ("raise", "record"):
         raise ValueError(f"on_error={cfg.on_error!r}: raise or record")
+    if shard is not None and cfg.edit_mode == "sequential":
+        raise ValueError(f"data.shard={cfg.data.shard}: edit_mode=sequential edits every item into one model, so "
+                         "it cannot be split into shards; drop data.shard (or use edit_mode=single|batch)")
+    chunk_size = 1 if cfg.edit_mode == "single" else int(cfg.batch_size)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.overwrite:
@@ -152,10 +164,12 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     started = time.perf_counter()
 
     requests, case_ids, n_file = load_eval_requests(cfg)
+    run_ids = case_ids if shard is None else select_shard(case_ids, chunk_size, shard)
+    out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model_name(str(cfg.model.path))
     model, tok = load_model(model_path, device=str(cfg.device), dtype=str(cfg.model.dtype))
+    # the whole slice: every shard plans the same localization items
     method = build_method(cfg, model, tok, model_path, requests, case_ids, n_file)
-    chunk_size = 1 if cfg.edit_mode == "single" else int(cfg.batch_size)
     if chunk_size > 1 and not method.batchable:
         raise ValueError(f"{method.name} edits one request at a time (EasyEdit: not batchable); use batch_size=1")
     fingerprint = portable.portable_fingerprint(run_fingerprint(cfg, method, model_path), cfg, out, model, model_path)
@@ -171,7 +185,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     prep_s = time.perf_counter() - prep_start
     loc_info = prep.get("localization") or {}
     runner.context = {
-        "case_ids": case_ids, "started": started, "prepare_seconds": round(prep_s, 3),
+        "case_ids": run_ids, "started": started, "prepare_seconds": round(prep_s, 3),
         "localization_seconds": 0.0 if loc_info.get("split") == "edited" else float(loc_info.get("seconds") or 0),
         "method": method.name, "model": str(cfg.model.name), "model_path": model_path,
         "data": {**fingerprint["data"], "records_in_file": n_file},
@@ -182,6 +196,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         "run_config_sha256": digest, "output_dir": str(out), "versions": _versions(),
     }
     runner.context = portable.portable_context(runner.context, cfg, out, model_path)
+    if shard is not None:
+        runner.context["shard"] = shard_info(shard, run_ids, case_ids)
+        by_id = dict(zip(case_ids, requests, strict=True))
+        requests, case_ids = [by_id[c] for c in run_ids], run_ids
     pre_dir = cfg.get("pre_eval_dir")
     evaluate = Evaluator(cfg, method.max_length, None if pre_dir in (None, "") else _resolve(pre_dir))
     if cfg.edit_mode == "sequential":
