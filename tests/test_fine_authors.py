@@ -91,3 +91,14 @@ def test_gptj_prompts_start_with_endoftext(tiny_tok):
     finally:
         mp.undo()
     assert seen == [tiny_tok.eos_token_id]
+
+
+def test_smollm2_paper_yaml_is_the_authors_llama3_configuration():
+    """hparams/FiNE/smollm2-135m-paper.yaml keeps their Llama-3-8B values (hparams/FINE/llama3-8b.yaml)."""
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "hparams", "FiNE", "smollm2-135m-paper.yaml")
+    hp = FiNEHyperParams.from_hparams(path)
+    authors = {"epochs": 50, "lr": 1e-3, "gamma": 0.1, "beta": 10.0, "alpha": 1.0, "neuron_num": 5,
+               "early_stop_prob": 0.9, "last_layer": 3, "max_length": 40, "batch_size": 1, "weight_decay": 0.0,
+               "value_module": "mlp.down_proj", "seed": 42}
+    assert {k: getattr(hp, k) for k in authors} == authors
