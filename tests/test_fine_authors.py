@@ -67,6 +67,24 @@ def test_one_delta_per_token_and_neuron_like_the_authors(tiny_tok):
     assert bool((counts[moved] > 1).any())
 
 
+def test_delta_per_neuron_keeps_one_delta_per_unique_neuron(tiny_tok):
+    """delta_per="neuron" (the earlier behaviour, kept for the ablation): one delta per unique neuron, so one
+    Adam step moves every value vector by lr at most, shared neurons included."""
+    model = tm.make_model("llama", tiny_tok)
+    request = [{"prompt": "The capital of Velaria is", "target_new": "Morn Tarsk"}]
+    hp = FiNEHyperParams(model_name="x", last_layer=0, neuron_num=40, lr=0.01, epochs=1, early_stop_prob=None,
+                         delta_per="neuron")
+    loc = locate(model, tiny_tok, request, hp)
+    updates = fine_main.build_fine_updates(loc, hp.delta_per)
+    assert sum(u.block.shape[0] for u in updates) == loc.num_neurons < loc.top[0].shape[0] * hp.neuron_num
+    assert all(u.combine is None for u in updates)
+    fine_main.train_fine(model, encode_requests(tiny_tok, request, 40), loc, updates, hp, fine_main.FiNEStats())
+    step = torch.cat([u.delta().detach().abs().amax(1) for u in updates])
+    assert float(step.max()) == pytest.approx(hp.lr, rel=1e-3)
+    with pytest.raises(ValueError, match="delta_per"):
+        FiNEHyperParams(model_name="x", delta_per="pair")
+
+
 def test_gptj_prompts_start_with_endoftext(tiny_tok):
     gptj, llama = tm.make_model("gptj", tiny_tok), tm.make_model("llama", tiny_tok)
     assert fine_main.prompt_prefix(gptj, tiny_tok) == [tiny_tok.eos_token_id]
