@@ -49,6 +49,8 @@ def test_ablation_cases_summary_and_resume(fact_model_copy, tmp_path):
     assert diff["mean"] == pytest.approx(means["tiny-lr"] - means["base"])
     table = (out / "summary.md").read_text()
     assert table.startswith("| config | n | Edit Succ.") and "| per-neuron | 2 |" in table
+    lines = table.splitlines()
+    assert lines[1] == "|---" * 9 + "|" and len(lines) == 2 + 4
     assert main(["--spec", "unused", "--out", str(out), "--summary-only"]) == 0
 
 

@@ -153,7 +153,7 @@ def markdown_table(summary: dict) -> str:
 
     first = next(iter(summary))
     head = ("| config | n | " + " | ".join(METRICS) + f" | Δ Locality vs {first} | Δ Fluency vs {first} | steps |\n"
-            "|---" * (len(METRICS) + 5) + "|\n")
+            + "|---" * (len(METRICS) + 5) + "|\n")
     lines = []
     for c, e in summary.items():
         paired = e.get("paired", {})
