@@ -67,6 +67,24 @@ def test_one_delta_per_token_and_neuron_like_the_authors(tiny_tok):
     assert bool((counts[moved] > 1).any())
 
 
+def test_delta_per_neuron_keeps_one_delta_per_unique_neuron(tiny_tok):
+    """delta_per="neuron" (the earlier behaviour, kept for the ablation): one delta per unique neuron, so one
+    Adam step moves every value vector by lr at most, shared neurons included."""
+    model = tm.make_model("llama", tiny_tok)
+    request = [{"prompt": "The capital of Velaria is", "target_new": "Morn Tarsk"}]
+    hp = FiNEHyperParams(model_name="x", last_layer=0, neuron_num=40, lr=0.01, epochs=1, early_stop_prob=None,
+                         delta_per="neuron")
+    loc = locate(model, tiny_tok, request, hp)
+    updates = fine_main.build_fine_updates(loc, hp.delta_per)
+    assert sum(u.block.shape[0] for u in updates) == loc.num_neurons < loc.top[0].shape[0] * hp.neuron_num
+    assert all(u.combine is None for u in updates)
+    fine_main.train_fine(model, encode_requests(tiny_tok, request, 40), loc, updates, hp, fine_main.FiNEStats())
+    step = torch.cat([u.delta().detach().abs().amax(1) for u in updates])
+    assert float(step.max()) == pytest.approx(hp.lr, rel=1e-3)
+    with pytest.raises(ValueError, match="delta_per"):
+        FiNEHyperParams(model_name="x", delta_per="pair")
+
+
 def test_gptj_prompts_start_with_endoftext(tiny_tok):
     gptj, llama = tm.make_model("gptj", tiny_tok), tm.make_model("llama", tiny_tok)
     assert fine_main.prompt_prefix(gptj, tiny_tok) == [tiny_tok.eos_token_id]
@@ -91,3 +109,14 @@ def test_gptj_prompts_start_with_endoftext(tiny_tok):
     finally:
         mp.undo()
     assert seen == [tiny_tok.eos_token_id]
+
+
+def test_smollm2_paper_yaml_is_the_authors_llama3_configuration():
+    """hparams/FiNE/smollm2-135m-paper.yaml keeps their Llama-3-8B values (hparams/FINE/llama3-8b.yaml)."""
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "hparams", "FiNE", "smollm2-135m-paper.yaml")
+    hp = FiNEHyperParams.from_hparams(path)
+    authors = {"epochs": 50, "lr": 1e-3, "gamma": 0.1, "beta": 10.0, "alpha": 1.0, "neuron_num": 5,
+               "early_stop_prob": 0.9, "last_layer": 3, "max_length": 40, "batch_size": 1, "weight_decay": 0.0,
+               "value_module": "mlp.down_proj", "seed": 42}
+    assert {k: getattr(hp, k) for k in authors} == authors

@@ -70,10 +70,11 @@ class FiNEStats(EditStats):
     location: FiNELocation | None = None
 
 
-def build_fine_updates(location: FiNELocation) -> list[SparseUpdate]:
+def build_fine_updates(location: FiNELocation, delta_per: str = "token") -> list[SparseUpdate]:
     """One SparseUpdate per edited module, axis "in" (columns of the map), scale 1, with one zero-initialized
     delta per selected (request, target token, neuron), as the authors: a neuron chosen for two tokens gets
-    two deltas whose sum is its update (`combine`), which Adam and the L2 norm treat as two parameters."""
+    two deltas whose sum is its update (`combine`), which Adam and the L2 norm treat as two parameters.
+    `delta_per="neuron"`: one delta per unique neuron instead (no `combine`)."""
     pairs: dict[int, list[int]] = {}
     for top in location.top:
         for layer_k, neuron in top.reshape(-1, 2).tolist():
@@ -85,7 +86,10 @@ def build_fine_updates(location: FiNELocation) -> list[SparseUpdate]:
             continue
         device = m.weight.device
         idx = location.neurons[m.name]
-        combine = (idx.unsqueeze(1) == torch.tensor(chosen).unsqueeze(0)).float().to(device)
+        if delta_per == "neuron":
+            combine, chosen = None, idx.tolist()
+        else:
+            combine = (idx.unsqueeze(1) == torch.tensor(chosen).unsqueeze(0)).float().to(device)
         block = torch.zeros(len(chosen), m.d_out, dtype=torch.float32, device=device, requires_grad=True)
         updates.append(SparseUpdate(m.name, m.module, "in", idx.to(device), block, 1.0, combine=combine))
     return updates
@@ -219,7 +223,7 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         stats.location = location
         stats.num_neurons = location.num_neurons
         stats.layers = location.layers()
-        updates = build_fine_updates(location)
+        updates = build_fine_updates(location, hparams.delta_per)
         total = sum(p.numel() for p in model.parameters())
         stats.parameter_fraction = sum(len(u.index) * u.block.shape[1] for u in updates) / max(1, total)
         phase = "training"
@@ -230,7 +234,7 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         recorder = EditRecorder(model, updates) if return_edit else None  # reads the base slices
 
         def retrain():
-            more = build_fine_updates(location)
+            more = build_fine_updates(location, hparams.delta_per)
             train_fine(model, batch, location, more, hparams, stats, progress)
             return more
 

@@ -91,6 +91,10 @@ class FiNEHyperParams(HyperParamsBase):
     early_stop_prob: float | None = 0.9  # stop once every target token's probability exceeds it
     weight_decay: float = 0.0
     seed: int = 42
+    # "token": one delta per selected (target token, neuron) pair, a neuron picked for two tokens moving by
+    # their sum (the authors' code); "neuron": one delta per unique neuron (this package's earlier behaviour,
+    # kept to measure the difference; docs/fine.md)
+    delta_per: str = "token"
 
     def __post_init__(self):
         self.validate()
@@ -117,6 +121,9 @@ class FiNEHyperParams(HyperParamsBase):
             self.early_stop_prob = _as_number("early_stop_prob", self.early_stop_prob, float)
             _check_range("early_stop_prob", self.early_stop_prob, 0, 1, lo_open=True,
                          allowed="0 < early_stop_prob <= 1, or null for no early stop")
+        if self.delta_per not in ("token", "neuron"):
+            raise ValueError(f"delta_per={self.delta_per!r}: give 'token' (one delta per (target token, neuron) pair, "
+                             "the authors') or 'neuron' (one delta per unique neuron)")
         if not isinstance(self.value_module, str) or not self.value_module.strip():
             raise ValueError(
                 f"value_module={self.value_module!r}: give 'auto' or the FFN output projection's suffix inside "
