@@ -78,11 +78,15 @@ def stats_text(runs: list[dict], order, digits: int = 1, reference: str = REFERE
                       "[95% bootstrap CI], items, verdict (the CI excludes 0 or not)", "",
                   "| Method | Dataset | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
         for row in pairs:
-            cells = []
-            for m in METRICS:
-                d = row["diff"][m]
-                verdict = {"a > b": "higher", "a < b": "lower"}.get(d["verdict"], "no difference shown")
-                cells.append(f"{format_ci(d, digits)} (n={d['n']}; {verdict})" if d["n"] else "-")
+            cells = [paired_cell(row["diff"][m], digits) for m in METRICS]
             lines.append(f"| {row['label']} | {DATASET_NAMES.get(row['dataset'], row['dataset'])} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_cell(d: dict, digits: int = 1) -> str:
+    """One paired difference as a table cell: "mean [lo, hi] (n=N; higher|lower|no difference shown)"."""
+    if not d["n"]:
+        return "-"
+    verdict = {"a > b": "higher", "a < b": "lower"}.get(d["verdict"], "no difference shown")
+    return f"{format_ci(d, digits)} (n={d['n']}; {verdict})"

@@ -40,7 +40,7 @@ def versions() -> dict:
     return out
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -55,7 +55,7 @@ def machine(device: str = "cpu") -> dict:
     """The machine in words: OS, CPU, cores, torch threads and the accelerator the run used."""
     import torch
 
-    info = {"system": f"{platform.system()} {platform.machine()}", "cpu": _cpu_name(),
+    info = {"system": f"{platform.system()} {platform.machine()}", "cpu": cpu_model(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["accelerator"] = torch.cuda.get_device_name(torch.device(str(device)))

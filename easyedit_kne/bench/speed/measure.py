@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ...hparams import KNEHyperParams
+from ..provenance import cpu_model
 
 MB = 1024 ** 2
 
@@ -64,16 +65,6 @@ QUICK = dict(n_modules=6, ig_steps=5, naive_modules=2, throughput_items=2, steps
 # --------------------------------------------------------------------------------------------------------
 # Machine, timing and memory
 # --------------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def load_average() -> str:
     try:
