@@ -248,3 +248,23 @@ def test_sweep_command_refuses_test_items(tmp_path):
     assert proc.returncode != 0
     assert "TEST items" in proc.stderr and "data.offset=200" in proc.stderr
     assert not (tmp_path / "out" / "p=0.5").exists()  # stopped before any job
+
+
+def test_report_figures_for_every_sweep(tmp_path):
+    root = tmp_path / "claims"
+    base = noisy(60, 8)
+    for k, bs in enumerate((1, 4, 16)):
+        write_level(root, "batch", "zsre-n16", f"bs={bs}", edit=[v - 5 * k for v in base], batch_size=bs)
+    for size in (0, 200, 800):
+        write_level(root, "loc_size", "zsre-n16", f"loc={size}", edit=base, loc_s=10.0 * size)
+    for m in ("self_attn.q_proj", "mlp.down_proj"):
+        for axis in ("in", "out"):
+            write_level(root, "target_module", "zsre-n16", f"module={m},axis={axis}", edit=base)
+    write_level(root, "sequential", "zsre/KNE", "T=4", edit=[100.0, 0.0, 100.0, 100.0])
+    write_level(root, "sequential", "zsre/FiNE", "T=4", edit=[100.0, 100.0, 100.0, 100.0])
+    out = tmp_path / "claims.md"
+    text, lines = claims_report.build(root, out)
+    for name in ("batch-zsre-n16", "loc_size-zsre-n16", "target_module-zsre-n16", "sequential"):
+        assert (tmp_path / "claims" / f"{name}.png").stat().st_size > 1000, name
+    assert "| zsre | KNE | 4 | 4 | 66.7" in text  # retention of the 3 earlier edits
+    assert {c.verdict for c in lines if c.section.startswith("§4.4")} == {HOLDS}  # identical values: 0 >= -2

@@ -101,8 +101,10 @@ def build(root: str | Path, out: str | Path, fig_dir: str | Path | None = None, 
             continue
         for group, levels in groups.items():
             levels = _sort(levels)
+            partial = "" if all(lv.summary.get("complete") for lv in levels) else " (some runs still partial)"
             for c in fn(levels, **kwargs):
-                claim_lines.append(ClaimLine(f"{c.section} [{group}]", c.statement, c.measured, c.verdict))
+                measured = c.measured + (partial if c.verdict != NOT_RUN else "")
+                claim_lines.append(ClaimLine(f"{c.section} [{group}]", c.statement, measured, c.verdict))
             body += [f"**{group}**: {_items(levels)}, N = {max(lv.n for lv in levels)} per run "
                      f"(`{os.path.relpath(levels[0].path.parent, out.parent)}`)", ""]
             body += level_table(levels) + [""]
