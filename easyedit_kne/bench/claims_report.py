@@ -115,8 +115,11 @@ def build(root: str | Path, out: str | Path, fig_dir: str | Path | None = None, 
     seq = sequential_rows(load_sweep(root, "sequential"))
     seq_body = ["## Sequential editing, beyond the paper (`easyedit-kne knowedit sweep=sequential`)", "",
                 "T edits applied one after another (batch size 1) without roll back, then every metric on the "
-                "model carrying all T edits. Retention = Edit Succ. of the T-1 earlier edits. No paper claim: a "
-                "comparison table only. Mean [95% bootstrap CI over items], x100.", ""] + _seq_lines(seq) + [""]
+                "model carrying all T edits (the runner's sequential mode: pre-edit metrics of every item first, the "
+                "T edits without roll back, then the post-edit metrics of every item). Retention = Edit Succ. "
+                "of the T-1 earlier edits (edit order = item order), computed here from cases.jsonl. No paper "
+                "claim: a comparison table only. Mean [95% bootstrap CI over items], x100.", ""]
+    seq_body += _seq_lines(seq) + [""]
     if figures:
         from .claims_plots import sequential_figure
 
