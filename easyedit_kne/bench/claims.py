@@ -28,6 +28,7 @@ OVERALL = ("Edit Succ.", "Portability", "Locality")  # the per-item "overall" sc
 LOCAL_GROUP = ("mlp.gate_proj", "mlp.up_proj", "self_attn.q_proj")
 MARGIN = 2.0  # non-inferiority margin (points on the x100 scale) for "matches or beats"
 RULES = (
+    "A paper claim with several parts (\"Edit Succ. and Portability fall\") gets one line per part. "
     "Every verdict compares runs on the same items (paired): the per-item contrast's mean and its 95% "
     "bootstrap CI (BCa, 10,000 resamples, easyedit_kne.stats.bootstrap_ci). A claim that A is higher than B "
     "**holds** if the CI of A - B lies above 0, **does not hold** if it lies below 0, and is **inconclusive** "
