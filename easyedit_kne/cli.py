@@ -2,6 +2,7 @@
 
     easyedit-kne knowedit method=KNE data=zsre data.size=8 ...   the KnowEdit runner (Hydra overrides, -m sweeps)
     easyedit-kne compare RESULTS_DIR ... [--common]               tables, CSV and plots of finished runs
+    easyedit-kne claims RESULTS_ROOT --out docs/claims.md         the paper's analyses (§4.3-4.6) as verdicts
     easyedit-kne localize --hparams smollm2-135m --data F --out E localize a KnowEdit file into an ensemble
     easyedit-kne bench-speed [--quick]                            speed and memory of localization and editing
     easyedit-kne hparams list                                     the hparams YAMLs shipped with the package
@@ -149,6 +150,18 @@ def add_bench_speed_parser(sub) -> None:
     p.set_defaults(passthrough=_bench_speed)
 
 
+def _claims(argv: list[str]) -> int:
+    from .bench.claims_report import main as claims_main
+
+    return claims_main(argv)
+
+
+def add_claims_parser(sub) -> None:
+    p = sub.add_parser("claims", add_help=False, help="the paper's analyses as verdicts: RESULTS_ROOT --out "
+                       "docs/claims.md (--help)")
+    p.set_defaults(passthrough=_claims)
+
+
 def add_edit_parsers(sub) -> None:
     from .edit_cli import add_parsers  # `edit` and `apply`: an edit as a small file
 
@@ -162,7 +175,8 @@ def add_tune_parser(sub) -> None:
 
 
 COMMANDS = [add_knowedit_parser, add_compare_parser, add_localize_parser, add_bench_speed_parser, add_bench_eval_parser,
-            add_hparams_parser, add_demo_parser, add_smollm2_parser, add_edit_parsers, add_tune_parser]
+            add_hparams_parser, add_demo_parser, add_smollm2_parser, add_edit_parsers, add_tune_parser,
+            add_claims_parser]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:

@@ -14,7 +14,7 @@ from easyedit_kne import cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED = {"knowedit", "compare", "localize", "bench-speed", "bench-eval", "hparams", "demo", "smollm2-path",
-            "edit", "apply", "tune"}
+            "edit", "apply", "tune", "claims"}
 
 
 def test_every_command_is_registered_by_its_own_function():

@@ -369,7 +369,7 @@ def test_compare_common_scores_runs_on_shared_cases(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name,key", [("p", "method.hparams.p"), ("loc_size", "localization.size"),
-                                      ("batch", "batch_size"), ("target_module", "method.hparams.target_modules"),
+                                      ("batch", "batch_size"), ("target_module", "claims.module"),
                                       ("table", "method")])
 def test_sweep_configs_compose(name, key):
     from hydra import compose as hydra_compose
