@@ -421,11 +421,14 @@ def test_long_prompt_gives_the_same_tokens_to_attribution_and_training(llama, ti
         handle.remove()
     attribution, training = seen[:n_attribution], seen[n_attribution:]
     assert attribution and training
-    # attribution feeds all but the last token (it predicts nothing scored); training feeds the whole text
-    assert all(ids.tolist() == [expected[:-1]] for ids in attribution)
+    # the fast attribution feeds all but the last token (it predicts nothing scored); the naive reference, which
+    # computes F from the definition on its own encoding, may feed the whole text; training feeds the whole text
+    allowed = [[expected[:-1]]] + ([[expected]] if method == "naive" else [])
+    assert all(ids.tolist() in allowed for ids in attribution), [ids.tolist() for ids in attribution[:2]]
     assert all(ids.tolist() == [expected] for ids in training)
     cut = [str(w.message) for w in record if "exceed max_length" in str(w.message)]
-    assert len(cut) == 2 and len(set(cut)) == 1, cut  # once per step, the same message
+    # once per step (the naive reference encodes on its own and cuts silently, the same tokens), the same message
+    assert len(cut) == (1 if method == "naive" else 2) and len(set(cut)) == 1, cut
 
 
 # --------------------------------------------------------------------------------------------------------------
