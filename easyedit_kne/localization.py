@@ -62,8 +62,10 @@ def localization_requests(hparams, edit_requests) -> list:
 
 
 # the hparams that decide which ensemble localization selects
+# cache_dir is part of the key: a localization asked to fill an on-disk score cache runs (reading what that cache
+# already holds), so the cache a user configured is populated for the next process
 LOCALIZATION_FIELDS = ("target_modules", "layers", "neuron_axis", "p", "selection_scope", "ig_steps", "ig_method",
-                       "max_length", "score_aggregation")
+                       "max_length", "score_aggregation", "cache_dir")
 _MEMO_SIZE = 8
 _ENSEMBLES: OrderedDict = OrderedDict()  # (fingerprint, items, hparams) -> ensemble, least recently used first
 _LOADED: OrderedDict = OrderedDict()  # (path, mtime, size) -> ensemble

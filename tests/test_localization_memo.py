@@ -76,3 +76,16 @@ def test_editor_loop_reads_a_saved_ensemble_once(fact_model_copy, tmp_path, coun
     hp.ensemble_path = str(path)
     _editor_loop(model, tok, tiny_models.edit_requests(facts[:3]), hp)
     assert counted["load"] == 1 and counted["attribution"] == 1  # the attribution of the localize() above
+
+
+
+def test_a_new_cache_dir_is_filled_even_when_the_memo_has_the_ensemble(counted, tmp_path):
+    fm = tiny_models.fact_model_copy()
+    requests = tiny_models.edit_requests(fm.facts[:1])
+    hp = KNEHyperParams(model_name="fact-model", ig_steps=2, p=5.0, num_steps=2)
+    _editor_loop(fm.model, fm.tok, requests, hp)  # localizes once into the memo, no cache
+    assert counted["attribution"] == 1
+    hp.cache_dir = str(tmp_path / "cache")
+    _editor_loop(fm.model, fm.tok, requests, hp)  # same model state and items, but a cache to fill
+    assert counted["attribution"] == 2
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1
