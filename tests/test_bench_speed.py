@@ -144,3 +144,20 @@ def test_targets_report_has_both_ratios_with_verdicts(bench, tiny):
     assert [(v, t) for _, v, t in verdicts] == [("MEETS" if single["meets"] else "MISSES", "10"),
                                                 ("MEETS" if tp["meets"] else "MISSES", "3")], text
     assert "Jaccard" in text and "ig_request_batch" in text
+
+
+def test_request_batch_sweep_reuses_the_runs_of_b(bench, tiny):
+    from easyedit_kne.bench.speed.targets import TODAY, default_hparams, issue_targets
+
+    model, tok = tiny
+    cfg = _cfg(bench, sections="targets")
+    targets = find_target_modules(model, [cfg.target_suffix], bench.target_layers(model, 2))
+    res = issue_targets(model, tok, REQUESTS[:2], targets, cfg, "cpu", p_values=(10,), sweep_items=0)
+    hp = default_hparams(targets, cfg)
+    for row in res["request_batch"]:
+        k = row["ig_request_batch"]
+        same_as_today = (hp.ig_method, hp.ig_steps, k) == tuple(TODAY.values())
+        assert row["reused"] == (same_as_today or k == hp.ig_request_batch), row
+        if k == hp.ig_request_batch:
+            assert row["seconds"] == res["throughput"]["default_s"]
+        assert row["items"] == 2

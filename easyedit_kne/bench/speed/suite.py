@@ -164,6 +164,8 @@ def parse_args(argv=None):
                     help="first ZsRE record (default 1101: the localization split, never the test items)")
     ap.add_argument("--sections", default="all", choices=["all", "targets"], help="targets: §0 only")
     ap.add_argument("--targets-items", type=int, default=None, help="§0 (b): requests timed (default 20)")
+    ap.add_argument("--sweep-items", type=int, default=None,
+                    help="§0: requests of the ig_request_batch sweep (default 8; 0: all of §0 (b)'s, reusing its runs)")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -171,7 +173,8 @@ def parse_args(argv=None):
 def config_from_args(args) -> BenchConfig:
     cfg = BenchConfig(**(QUICK if args.quick else {}))
     overrides = {"naive_modules": args.naive_modules, "n_modules": args.modules, "ig_steps": args.ig_steps,
-                 "edit_requests": args.edit_requests, "targets_items": args.targets_items}
+                 "edit_requests": args.edit_requests, "targets_items": args.targets_items,
+                 "targets_sweep_items": args.sweep_items}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     return replace(cfg, progress=not args.no_progress, sections=args.sections)
 

@@ -85,13 +85,20 @@ def issue_targets(model, tok, requests, targets, cfg, device, p_values=(1, 5, 10
                       target=TARGET_THROUGHPUT,
                       jaccard_vs_today=ensemble_jaccard(agg_default, agg_today, targets, p_values))
 
-    # ig_request_batch sweep with the default quadrature
+    # ig_request_batch sweep with the default quadrature (a run of (b) with the same config and items is reused)
     items = requests[:sweep_items] if sweep_items else requests
+    done = {}
+    if len(items) == len(requests):
+        done = {tuple(_quad(today).values()): today_s, tuple(_quad(hp).values()): default_s}
     rows = []
     for k in sweep:
-        seconds, _ = timed(lambda k=k: _run(model, tok, items, dataclasses.replace(hp, ig_request_batch=k)),
-                           device)
-        rows.append(dict(ig_request_batch=k, items=len(items), seconds=seconds, items_per_s=len(items) / seconds))
+        hk = dataclasses.replace(hp, ig_request_batch=k)
+        seconds = done.get(tuple(_quad(hk).values()))
+        reused = seconds is not None
+        if not reused:
+            seconds, _ = timed(lambda hk=hk: _run(model, tok, items, hk), device)
+        rows.append(dict(ig_request_batch=k, items=len(items), seconds=seconds, items_per_s=len(items) / seconds,
+                         reused=reused))
     return dict(single=single, throughput=throughput, request_batch=rows, p_values=[str(p) for p in p_values],
                 n_targets=len(targets))
 
@@ -128,6 +135,7 @@ def render_targets(res: dict, md_table) -> list[str]:
            f"`ig_request_batch` (requests sharing one pass) with the default quadrature, over "
            f"{res['request_batch'][0]['items']} requests:", "",
            md_table(["ig_request_batch", "seconds", "items/s"],
-                    [[r["ig_request_batch"], f"{r['seconds']:.2f}", f"{r['items_per_s']:.3f}"]
+                    [[r["ig_request_batch"], f"{r['seconds']:.2f}" + (" (the run of (b))" if r.get("reused") else ""),
+                      f"{r['items_per_s']:.3f}"]
                      for r in res["request_batch"]]), ""]
     return out
