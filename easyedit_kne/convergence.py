@@ -5,12 +5,16 @@ For each (method, steps) it reports, against the reference:
 - `jaccard[p]`: Jaccard overlap of the top-p ensemble (of the scores aggregated over the requests);
 - `jaccard_per_request[p]`: the same per request, averaged;
 - `rel_error`: ‖s − s_ref‖ / ‖s_ref‖ of the per-request scores over all modules, averaged;
-- `nodes`: quadrature nodes, i.e. rows per module and request (the cost; riemann_right's node α = 1 is
-  the trunk row, which runs anyway);
+- `nodes`: quadrature nodes; `branch_rows`: the cost, rows per module and request added to the trunk row
+  (a node α = 1, as in riemann_right and trapezoid, is the trunk row, which runs anyway);
 - `seconds_per_request`: measured where the scores were computed in this run (cached ones are not timed).
 Per-request scores go through a ScoreCache, so an interrupted run resumes where it stopped.
 
-    python -m easyedit_kne.convergence --hparams H --data FILE --offset 1001 --size 3 --out table.json
+    python -m easyedit_kne.convergence --hparams H --data FILE --offset 1281 --size 20 --reverse \
+        --configs riemann_right:10 midpoint:8 --cache DIR --out table.json
+
+`--reverse` scores the records from the last one down, so a run stopped after k records covers the
+contiguous range [offset + size - k, offset + size) (the localization split is the tail of a file).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import argparse
 import dataclasses
 import time
 
-DEFAULT_CONFIGS = [("riemann_right", m) for m in (5, 10, 20, 40)] + [
-    ("gausslegendre", m) for m in (2, 3, 4, 6, 8, 10, 12, 16)]
+DEFAULT_CONFIGS = ([("riemann_right", m) for m in (5, 10, 20, 40)]
+                   + [(method, m) for method in ("midpoint", "trapezoid") for m in (4, 5, 8, 10, 12, 16)]
+                   + [("gausslegendre", m) for m in (2, 3, 4, 6, 8, 10, 12, 16)])
 REFERENCE = ("riemann_right", 256)
 BASELINE = ("riemann_right", 20)
 
@@ -85,6 +90,7 @@ def convergence_table(model, tok, requests, hparams, cache_dir: str, configs=Non
 
 def _summarize(scores, seconds, targets, hparams, every, p_values, n_requests) -> dict:
     from .attribution import aggregate
+    from .quadrature import branch_rows, ig_nodes
 
     ref_key = every[0]
     ref = scores[ref_key]
@@ -94,8 +100,8 @@ def _summarize(scores, seconds, targets, hparams, every, p_values, n_requests) -
     rows = []
     for key in every:
         agg = aggregate(scores[key], hparams.score_aggregation)
-        row = {"method": key[0], "steps": key[1],
-               "nodes": key[1], "jaccard": {}, "jaccard_per_request": {},
+        row = {"method": key[0], "steps": key[1], "nodes": len(ig_nodes(*key)),
+               "branch_rows": branch_rows(*key), "jaccard": {}, "jaccard_per_request": {},
                "rel_error": sum(_rel_error(s, r) for s, r in zip(scores[key], ref, strict=True)) / len(ref),
                "seconds_per_request": (sum(seconds[key]) / len(seconds[key])) if seconds[key] else None}
         for p in p_values:
@@ -111,8 +117,9 @@ def _summarize(scores, seconds, targets, hparams, every, p_values, n_requests) -
 
 
 def choose_default(rows, p_values, baseline=BASELINE) -> dict | None:
-    """The cheapest (fewest nodes) config whose ensemble agrees with the reference at least as well as
-    `baseline` at every p, on the aggregated and on the per-request ensembles."""
+    """The cheapest (fewest branch rows) config whose ensemble agrees with the reference at least as well
+    as `baseline` at every p, on the aggregated and on the per-request ensembles; on a tie in cost the
+    baseline's method wins (the paper's Eq. 5)."""
     base = next((r for r in rows if (r["method"], r["steps"]) == tuple(baseline)), None)
     if base is None:
         return None
@@ -124,8 +131,19 @@ def choose_default(rows, p_values, baseline=BASELINE) -> dict | None:
     good = [r for r in rows if ok(r) and (r["method"], r["steps"]) != (REFERENCE[0], REFERENCE[1])]
     if not good:
         return None
-    best = min(good, key=lambda r: (r["nodes"], r["method"] != "gausslegendre"))
+    best = min(good, key=lambda r: (r.get("branch_rows", r["nodes"]), r["method"] != baseline[0], r["steps"]))
     return {"method": best["method"], "steps": best["steps"], "baseline": list(baseline)}
+
+
+def parse_config(text: str) -> tuple[str, int]:
+    """'midpoint:8' -> ('midpoint', 8), checked against the quadrature rules."""
+    from .quadrature import ig_nodes
+
+    method, _, steps = text.partition(":")
+    if not steps.isdigit():
+        raise ValueError(f"--configs {text!r}: write METHOD:STEPS, e.g. midpoint:8")
+    ig_nodes(method, int(steps))
+    return method, int(steps)
 
 
 def main(argv=None) -> int:
@@ -136,6 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--offset", type=int, default=0, help="first record")
     parser.add_argument("--size", type=int, default=3)
     parser.add_argument("--target-modules", nargs="*", default=None, help="override target_modules")
+    parser.add_argument("--configs", nargs="*", default=None, metavar="METHOD:STEPS",
+                        help="configs to compare with the reference (default: every config of DEFAULT_CONFIGS)")
+    parser.add_argument("--reverse", action="store_true", help="score the records from the last one down")
     parser.add_argument("--p", type=float, nargs="*", default=None, help="p values to compare at")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", required=True, help="per-request score cache folder")
@@ -156,14 +177,21 @@ def main(argv=None) -> int:
         hparams.validate()
     model, tok = load_model(hparams.model_name)
     requests = load_knowedit(args.data, size=args.size, offset=args.offset)
+    if args.reverse:
+        requests = requests[::-1]
+    configs = [parse_config(c) for c in args.configs] if args.configs else None
 
     def write(table):
-        table = dict(table, data=args.data, records=[args.offset, args.offset + table["requests"]],
+        n = table["requests"]
+        end = args.offset + len(requests)
+        records = [end - n, end] if args.reverse else [args.offset, args.offset + n]
+        table = dict(table, data=args.data, records=records,
                      target_modules=hparams.target_modules, model=str(hparams.model_name),
                      threads=args.threads)
         write_json_atomic(args.out, table, indent=1)
 
-    convergence_table(model, tok, requests, hparams, args.cache, p_values=args.p, on_request=write)
+    convergence_table(model, tok, requests, hparams, args.cache, configs=configs, p_values=args.p,
+                      on_request=write)
     return 0
 
 

@@ -14,13 +14,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .quadrature import IG_METHODS  # light: numpy is imported only for Gauss-Legendre nodes
+
 NEURON_AXES = ("auto", "in", "out")
 SELECTION_SCOPES = ("global", "per_module_type", "per_layer")
 SCORE_AGGREGATIONS = ("max", "mean", "sum")
 INITS = ("zero", "kaiming")
 OPTIMIZERS = ("adam", "adamw")
 STOP_RULES = ("loss", "accuracy")
-IG_METHODS = ("riemann_right", "gausslegendre")  # as in quadrature.py (kept here: no numpy at import)
 
 
 def _as_number(name: str, value: Any, kind: type) -> Any:
@@ -164,7 +165,7 @@ class KNEHyperParams(HyperParamsBase):
     p: float = 1.0  # percent of targeted neurons kept
     selection_scope: str = "global"
     ig_steps: int = 20
-    ig_method: str = "riemann_right"  # quadrature of Eq. 4: riemann_right (Eq. 5) | gausslegendre
+    ig_method: str = "riemann_right"  # quadrature of Eq. 4 (quadrature.IG_METHODS); riemann_right is Eq. 5
     ig_batch_size: int = 64  # most sequences in one attribution pass (memory knob)
     ig_request_batch: int = 4  # most requests whose rows share one attribution pass (padded)
     score_aggregation: str = "max"

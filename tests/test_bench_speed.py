@@ -30,7 +30,8 @@ def tiny():
 def _cfg(bench, **kw):
     base = dict(n_modules=4, ig_steps=4, ig_batch_size=6, naive_modules=None, throughput_items=2,
                 steps_sweep=(2, 4), modules_sweep=(2, 4), ig_batch_sweep=(4, 16), p=10.0, train_batch=3,
-                warmup_steps=1, timed_steps=2, edit_steps=2, edit_requests=1, progress=False)
+                warmup_steps=1, timed_steps=2, edit_steps=2, edit_requests=1, targets_items=3,
+                targets_sweep_items=2, progress=False)
     base.update(kw)
     return bench.BenchConfig(**base)
 
@@ -107,9 +108,56 @@ def test_whole_suite_runs_and_renders(bench, tiny, tmp_path):
     assert [r["modules"] for r in res["scaling"]["by_modules"]] == [2, 4]
     assert len(res["edit"]["seconds"]) == 4
     text = bench.render([suite], "python scripts/bench_speed.py --test", False, "now", "0", "0")
-    for heading in ("### 1.", "### 1b.", "### 2.", "### 3.", "### 4.", "### 5.", "extrapolated from 2 of 4",
+    for heading in ("### 0.", "### 1.", "### 1b.", "### 2.", "### 3.", "### 4.", "### 5.", "extrapolated from 2 of 4",
                     "Against the tighter naive reference", "Even at the full matmul rate"):
         assert heading in text
     out = tmp_path / "perf.md"
     bench.write_atomic(out, text)
     assert out.read_text(encoding="utf-8") == text
+
+
+def test_targets_report_has_both_ratios_with_verdicts(bench, tiny):
+    """`--sections targets`: (a) default vs naive Eq. 5 m=20 with the ensembles' Jaccard, (b) items/s of the
+    default path vs today's fast path, each with its ratio and verdict, and the ig_request_batch sweep."""
+    import re
+
+    model, tok = tiny
+    cfg = _cfg(bench, sections="targets")
+    assert cfg.n_items == 3
+    before = _state(model)
+    suite = bench.run_suite(model, tok, REQUESTS[:cfg.n_items], cfg, "cpu", label="tiny llama")
+    _assert_unchanged(model, before)
+    res = suite.results["targets"]
+    assert set(suite.results) == {"targets"}
+    single, tp = res["single"], res["throughput"]
+    assert single["ratio"] == pytest.approx(single["naive_s"] / single["fast_s"])
+    assert single["meets"] == (single["ratio"] >= 10)
+    assert tp["ratio"] == pytest.approx(tp["today_s"] / tp["default_s"]) and tp["meets"] == (tp["ratio"] >= 3)
+    assert tp["today"] == {"ig_method": "riemann_right", "ig_steps": 20, "ig_request_batch": 1}
+    assert tp["items"] == 3 and [r["ig_request_batch"] for r in res["request_batch"]] == [1, 4, 8]
+    assert all(r["items"] == 2 for r in res["request_batch"])
+    # the default path is Eq. 5 m=20 here or close to it: its ensemble overlaps the naive one
+    assert all(0.5 <= j <= 1 for j in single["jaccard_vs_naive20"].values())
+    text = bench.render([suite], "python scripts/bench_speed.py --sections targets", False, "now", "0", "0")
+    assert "### 0." in text and "### 1." not in text
+    verdicts = re.findall(r"\*\*([0-9.]+)×\*\* \| (MEETS|MISSES) the ≥ (10|3)× target", text)
+    assert [(v, t) for _, v, t in verdicts] == [("MEETS" if single["meets"] else "MISSES", "10"),
+                                                ("MEETS" if tp["meets"] else "MISSES", "3")], text
+    assert "Jaccard" in text and "ig_request_batch" in text
+
+
+def test_request_batch_sweep_reuses_the_runs_of_b(bench, tiny):
+    from easyedit_kne.bench.speed.targets import TODAY, default_hparams, issue_targets
+
+    model, tok = tiny
+    cfg = _cfg(bench, sections="targets")
+    targets = find_target_modules(model, [cfg.target_suffix], bench.target_layers(model, 2))
+    res = issue_targets(model, tok, REQUESTS[:2], targets, cfg, "cpu", p_values=(10,), sweep_items=0)
+    hp = default_hparams(targets, cfg)
+    for row in res["request_batch"]:
+        k = row["ig_request_batch"]
+        same_as_today = (hp.ig_method, hp.ig_steps, k) == tuple(TODAY.values())
+        assert row["reused"] == (same_as_today or k == hp.ig_request_batch), row
+        if k == hp.ig_request_batch:
+            assert row["seconds"] == res["throughput"]["default_s"]
+        assert row["items"] == 2

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from easyedit_kne import KNEHyperParams
-from easyedit_kne.attribution import attribute_request, attribute_request_naive
-from easyedit_kne.convergence import choose_default, convergence_table
+from easyedit_kne.attribution import attribute_request, attribute_request_naive, target_prob_sum
+from easyedit_kne.convergence import choose_default, convergence_table, parse_config
 from easyedit_kne.modules import targets_from_hparams
-from easyedit_kne.quadrature import ig_nodes
+from easyedit_kne.quadrature import IG_METHODS, branch_rows, ig_nodes
 
 REQUEST = {"prompt": "The capital of Velaria is", "target_new": "Morn"}
 
@@ -20,34 +20,78 @@ def _rel(a, b):
     return float((_flat(a) - _flat(b)).norm() / _flat(b).norm())
 
 
-@pytest.mark.parametrize("method", ["riemann_right", "gausslegendre"])
+@pytest.mark.parametrize("method", IG_METHODS)
 def test_nodes_integrate_polynomials(method):
     nodes = ig_nodes(method, 4)
-    assert len(nodes) == 4 and all(0 < a <= 1 for a, _ in nodes)
+    assert len(nodes) == (5 if method == "trapezoid" else 4) and all(0 <= a <= 1 for a, _ in nodes)
     assert sum(w for _, w in nodes) == pytest.approx(1.0)
     for k in range(8):  # ∫_0^1 α^k dα = 1/(k+1): exact up to degree 2m-1 for Gauss-Legendre
         got = sum(w * a ** k for a, w in nodes)
         if method == "gausslegendre":
             assert got == pytest.approx(1 / (k + 1), rel=1e-12)
-    assert nodes[-1] == (1.0, 0.25) if method == "riemann_right" else nodes[-1][0] < 1
+        if method in ("midpoint", "trapezoid") and k <= 1:
+            assert got == pytest.approx(1 / (k + 1), rel=1e-12)
+    assert nodes[-1] == (1.0, 0.25) if method == "riemann_right" else True
+    assert branch_rows(method, 4) == {"riemann_right": 3, "midpoint": 4, "trapezoid": 4, "gausslegendre": 4}[method]
+
+
+@pytest.mark.parametrize("method,order", [("riemann_right", 1), ("midpoint", 2), ("trapezoid", 2)])
+def test_error_order(method, order):
+    """On a smooth integrand (e^α), doubling m divides the error by 2^order."""
+    import math
+
+    def err(m):
+        return abs(sum(w * math.exp(a) for a, w in ig_nodes(method, m)) - (math.e - 1))
+    assert err(8) / err(16) == pytest.approx(2 ** order, rel=0.05)
 
 
 def test_bad_method_is_rejected():
-    with pytest.raises(ValueError, match="ig_method='simpson'.*riemann_right, gausslegendre"):
+    with pytest.raises(ValueError, match="ig_method='simpson'.*riemann_right, midpoint, trapezoid, gausslegendre"):
         KNEHyperParams(model_name="x", ig_method="simpson")
     with pytest.raises(ValueError, match="ig_method"):
-        ig_nodes("trapezoid", 3)
+        ig_nodes("simpson", 3)
+    with pytest.raises(ValueError, match="ig_steps"):
+        ig_nodes("midpoint", 0)
+    assert parse_config("trapezoid:8") == ("trapezoid", 8)
+    with pytest.raises(ValueError, match="METHOD:STEPS"):
+        parse_config("midpoint")
+    with pytest.raises(ValueError, match="ig_method='mid'"):
+        parse_config("mid:4")
 
 
+@pytest.mark.parametrize("method", ["gausslegendre", "midpoint", "trapezoid"])
 @pytest.mark.parametrize("axis", ["in", "out"])
-def test_gauss_legendre_fast_matches_reference(tiny_llama, tiny_tok, axis):
+def test_fast_matches_reference(tiny_llama, tiny_tok, axis, method):
     hp = KNEHyperParams(model_name="x", target_modules=["mlp.down_proj"], neuron_axis=axis, layers=[0, 1])
     targets = targets_from_hparams(tiny_llama, hp)
-    fast = attribute_request(tiny_llama, tiny_tok, REQUEST, targets, 3, 40, 4, method="gausslegendre")
-    naive = attribute_request_naive(tiny_llama, tiny_tok, REQUEST, targets, 3, 40, method="gausslegendre")
+    fast = attribute_request(tiny_llama, tiny_tok, REQUEST, targets, 3, 40, 4, method=method)
+    naive = attribute_request_naive(tiny_llama, tiny_tok, REQUEST, targets, 3, 40, method=method)
     assert _rel(fast, naive) < 1e-4
     riemann = attribute_request(tiny_llama, tiny_tok, REQUEST, targets, 3, 40, 4)
     assert _rel(fast, riemann) > 1e-3  # the method is really used
+
+
+@pytest.mark.parametrize("method", ["midpoint", "trapezoid"])
+def test_completeness_second_order(fact_model_copy, method):
+    """Per module, the scores add up to F(W̄) - F(0); the error falls ~4x per doubling of m (O(1/m²))."""
+    model, tok = fact_model_copy.model, fact_model_copy.tok
+    fact = fact_model_copy.facts[0]
+    request = {"prompt": fact["prompt"], "target_new": fact["target_true"]}
+    (target,) = targets_from_hparams(model, KNEHyperParams(model_name="x", layers=[1]))
+    f_full = target_prob_sum(model, tok, request, 40)
+    saved = target.weight.detach().clone()
+    with torch.no_grad():
+        target.weight.zero_()
+    f_zero = target_prob_sum(model, tok, request, 40)
+    with torch.no_grad():
+        target.weight.copy_(saved)
+    expected = f_full - f_zero
+    errors = [abs(attribute_request(model, tok, request, [target], m, 40, 64, method=method)[target.name]
+                  .sum().item() - expected) for m in (4, 8, 16)]
+    right = abs(attribute_request(model, tok, request, [target], 16, 40, 64)[target.name].sum().item() - expected)
+    assert errors[2] < errors[1] < errors[0], errors
+    assert errors[2] < 0.4 * errors[1] and errors[1] < 0.4 * errors[0], errors  # second order (first: ~0.5)
+    assert errors[2] < 0.5 * right, (errors, right)  # better than Eq. 5 at the same m
 
 
 def test_gauss_legendre_converges_faster(tiny_llama, tiny_tok):

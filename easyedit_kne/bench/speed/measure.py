@@ -49,17 +49,23 @@ class BenchConfig:
     lora_lr: float = 5e-3  # EasyEdit's LoRA default
     lora_rank: int = 8
     lora_alpha: int = 32
+    targets_items: int = 20  # §0 (b): requests timed for items/s
+    targets_sweep_items: int = 8  # §0: requests of the ig_request_batch sweep
+    sections: str = "all"  # "targets": §0 only
     progress: bool = True
 
     @property
     def n_items(self) -> int:
-        """Requests needed: localization items, then the (disjoint) training/edit items."""
-        return self.throughput_items + max(self.train_batch, self.edit_requests)
+        """Requests needed: localization items, then the (disjoint) training/edit items; §0 uses the first
+        targets_items."""
+        others = 0 if self.sections == "targets" else self.throughput_items + max(self.train_batch,
+                                                                                   self.edit_requests)
+        return max(self.targets_items, others)
 
 
 QUICK = dict(n_modules=6, ig_steps=5, naive_modules=2, throughput_items=2, steps_sweep=(2, 5),
              modules_sweep=(2, 6), ig_batch_sweep=(8, 32), train_batch=4, warmup_steps=1, timed_steps=3,
-             edit_steps=3, edit_requests=1)
+             edit_steps=3, edit_requests=1, targets_items=3, targets_sweep_items=2)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from ...atomic import atomic_path
 from .measure import MB
+from .targets import render_targets
 
 if TYPE_CHECKING:
     from .suite import Suite
@@ -34,10 +35,15 @@ def render_suite(suite: Suite) -> str:
     out = [f"## {suite.label}", ""]
     out += [f"- {k}: {v}" for k, v in suite.info.items()]
     out += [f"- model: {suite.model_desc}",
-            f"- requests: {suite.data_desc or 'given by the caller'}; the first {cfg.throughput_items} are the "
-            "localization items (§1-3, and the ensemble of §4-5), the next ones are edited (§4-5)",
+            f"- requests: {suite.data_desc or 'given by the caller'}; §0 times the first {cfg.targets_items}"
+            + ("" if "speed" not in res else f"; the first {cfg.throughput_items} are the localization items "
+               "(§1-3, and the ensemble of §4-5), the next ones are edited (§4-5)"),
             f"- load average at start: {suite.load_start}; at end: {suite.load_end}",
             f"- suite wall time: {suite.seconds:.0f} s", ""]
+    if "targets" in res:
+        out += render_targets(res["targets"], md_table)
+    if "speed" not in res:  # --sections targets
+        return "\n".join(out)
 
     sp = res["speed"]
     naive_label = (f"naive Eq. 5 (timed on {sp['n_naive']} of {sp['n_targets']} modules, extrapolated "

@@ -1,6 +1,9 @@
 """Speed and memory of KNE's localization and editing, measured side by side in one process.
 
-Measures, on one model (default SmolLM2-135M) and ZsRE requests:
+Measures, on one model (default SmolLM2-135M) and ZsRE requests (of the localization split by default):
+  0. the issue's targets (targets.py): the default path vs the naive Eq. 5 m = 20 on one request (≥ 10×),
+     with their ensembles' agreement; items/s of the default path vs today's fast path over 20 requests
+     (≥ 3×); items/s vs ig_request_batch 1/4/8 (`--sections targets` runs this part only);
   1. localization of one request: the fast path (`attribute_request`) vs the straightforward Eq. 5
      (`attribute_request_naive`: module by module, step by step, autograd on the scaled weight), with
      their agreement; peak memory of the fast path for target modules of different sizes and for
@@ -16,7 +19,8 @@ the machine, its load, torch's thread count and the dtype. Writes the Markdown r
 
     python scripts/bench_speed.py                      # full run -> docs/performance.md
     python scripts/bench_speed.py --quick --out /tmp/perf.md
-    python scripts/bench_speed.py --naive-modules 6    # time the naive path on 6 of 30 modules only"""
+    python scripts/bench_speed.py --naive-modules 6    # time the naive path on 6 of 30 modules only
+    python scripts/bench_speed.py --sections targets   # §0 only"""
 
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from .localization import (
 )
 from .measure import QUICK, BenchConfig, load_average, machine_info
 from .report import render, write_atomic
+from .targets import issue_targets
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -91,6 +96,12 @@ def run_suite(model, tok, requests, cfg: BenchConfig, device, label: str = "", d
     targets = find_target_modules(model, [cfg.target_suffix], target_layers(model, cfg.n_modules))
     res = suite.results
     warm_up(model, tok, loc_items[0], targets, cfg, device)
+    res["targets"] = issue_targets(model, tok, requests[:cfg.targets_items], targets, cfg, device,
+                                   sweep_items=cfg.targets_sweep_items)
+    if cfg.sections == "targets":
+        suite.seconds = time.perf_counter() - start
+        suite.load_end = load_average()
+        return suite
     res["speed"] = localization_speed(model, tok, loc_items[0], targets, cfg, device)
     res["memory"] = localization_memory(model, tok, loc_items[0], cfg, device)
     res["throughput"] = localization_throughput(model, tok, loc_items, targets, cfg, device)
@@ -114,7 +125,7 @@ def run_suite(model, tok, requests, cfg: BenchConfig, device, label: str = "", d
 # --------------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------------
-def load_requests(path, n: int) -> list[dict]:
+def load_requests(path, n: int, offset: int = 0) -> list[dict]:
     try:
         from easyedit_kne.knowedit import load_knowedit
     except ImportError:
@@ -122,11 +133,11 @@ def load_requests(path, n: int) -> list[dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if load_knowedit is not None:
-            return load_knowedit(path, data_type="zsre", size=n)
+            return load_knowedit(path, data_type="zsre", size=n, offset=offset)
     import json
 
     with open(path, encoding="utf-8") as f:
-        raw = json.load(f)[:n]
+        raw = json.load(f)[offset:offset + n]
     return [{"prompt": r.get("prompt", r.get("src")), "target_new": r.get("target_new", r.get("alt")),
              "subject": r.get("subject", "")} for r in raw]
 
@@ -149,6 +160,12 @@ def parse_args(argv=None):
     ap.add_argument("--modules", type=int, default=None, help="number of target modules (default 30)")
     ap.add_argument("--ig-steps", type=int, default=None)
     ap.add_argument("--edit-requests", type=int, default=None)
+    ap.add_argument("--offset", type=int, default=1101,
+                    help="first ZsRE record (default 1101: the localization split, never the test items)")
+    ap.add_argument("--sections", default="all", choices=["all", "targets"], help="targets: §0 only")
+    ap.add_argument("--targets-items", type=int, default=None, help="§0 (b): requests timed (default 20)")
+    ap.add_argument("--sweep-items", type=int, default=None,
+                    help="§0: requests of the ig_request_batch sweep (default 8; 0: all of §0 (b)'s, reusing its runs)")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
@@ -156,9 +173,10 @@ def parse_args(argv=None):
 def config_from_args(args) -> BenchConfig:
     cfg = BenchConfig(**(QUICK if args.quick else {}))
     overrides = {"naive_modules": args.naive_modules, "n_modules": args.modules, "ig_steps": args.ig_steps,
-                 "edit_requests": args.edit_requests}
+                 "edit_requests": args.edit_requests, "targets_items": args.targets_items,
+                 "targets_sweep_items": args.sweep_items}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    return replace(cfg, progress=not args.no_progress)
+    return replace(cfg, progress=not args.no_progress, sections=args.sections)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -179,13 +197,13 @@ def main(argv=None) -> int:
         runs.append(("cpu", DTYPES[args.dtype]))
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         runs.append(("cuda", torch.bfloat16 if args.device == "auto" else DTYPES[args.dtype]))
-    requests = load_requests(args.data, cfg.n_items)
+    requests = load_requests(args.data, cfg.n_items, args.offset)
     suites = []
     for device, dtype in runs:
         model, tok = load_model(args.model, device=device, dtype=dtype)
         torch.manual_seed(0)
         suites.append(run_suite(model, tok, requests, cfg, device, dtype=dtype,
-                                data_desc=f"{args.data}, records 0-{len(requests) - 1}"))
+                                data_desc=f"{args.data}, records {args.offset}-{args.offset + len(requests) - 1}"))
         del model
         gc.collect()
         if device == "cuda":
