@@ -95,3 +95,14 @@ def fact_model():
 @pytest.fixture
 def fact_model_copy(fact_model):
     return tm.fact_model_copy()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (slow tests): skipped with the reason when ../shared's GGUF is absent. Tests
+    that edit it must leave it as they found it (module scope)."""
+    from easyedit_kne.models import find_shared_gguf, load_model
+
+    if find_shared_gguf() is None:
+        pytest.skip("../shared/models/SmolLM2-135M-Instruct-Q4_1-gguf is absent: the real-model test needs it")
+    return load_model("smollm2-135m")

@@ -11,21 +11,11 @@ import pytest
 import torch
 
 from easyedit_kne.bench.heldout import BATCHES, measure_fine_singles
-from easyedit_kne.models import find_shared_gguf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YAML = os.path.join(REPO, "hparams", "FiNE", "smollm2-135m.yaml")
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if find_shared_gguf() is None:
-        pytest.skip("../shared/models/SmolLM2-135M-Instruct-Q4_1-gguf is absent: the real-model test needs it")
-    from easyedit_kne.models import load_model
-
-    return load_model("smollm2-135m")
 
 
 @pytest.mark.parametrize("name", sorted(BATCHES))

@@ -11,20 +11,10 @@ import pytest
 
 from easyedit_kne import KNEHyperParams
 from easyedit_kne.bench.heldout import BATCHES, measure_kne_batch
-from easyedit_kne.models import find_shared_gguf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if find_shared_gguf() is None:
-        pytest.skip("../shared/models/SmolLM2-135M-Instruct-Q4_1-gguf is absent: the real-model test needs it")
-    from easyedit_kne.models import load_model
-
-    return load_model("smollm2-135m")
 
 
 # Measured with the shipped YAML (1 thread, 2026-12-03): batch A edit success 1.00, 14/20 unrelated and 1/4
