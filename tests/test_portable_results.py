@@ -81,3 +81,32 @@ def test_portable_text_names_roots_and_drops_unknown_folders():
     assert portable.portable_text("/work/x/run/ensemble.safetensors", roots) == "ensemble.safetensors"
     assert portable.audit({"a": ["ok 1/2", "/home/u/f"]}) == ["a[0]: /home/u/f"] or portable.audit(
         {"a": ["ok 1/2", "/home/u/f"]}) == ["a[1]: /home/u/f"]
+
+
+def test_roots_outside_the_usual_top_folders_are_still_rewritten():
+    # a CI checkout at /check/work/main with the data beside it: no usual top folder, yet known roots
+    roots = [("/check/work/main/benchmarks/run", "."), ("/check/work/shared/data/knowedit", "${knowedit_dir}"),
+             ("/check/work/main", "")]
+    roots = sorted(roots, key=lambda p: -len(p[0]))
+    text = "/check/work/main/benchmarks/x/kne-fixture.yaml"
+    assert portable.portable_text(text, roots) == "benchmarks/x/kne-fixture.yaml"
+    assert portable.portable_text("/check/work/shared/data/knowedit/zsre/ZsRE-test-all.json", roots) == (
+        "${knowedit_dir}/zsre/ZsRE-test-all.json")
+    assert portable.portable_text("see /check/work/main/benchmarks/run/ensemble.safetensors", roots) == (
+        "see ensemble.safetensors")
+    # a longer sibling name is not a root's child
+    assert portable.portable_text("/check/work/mainly/f.txt", roots) == "/check/work/mainly/f.txt"
+
+
+def test_run_roots_hold_the_resolved_and_the_written_form_of_a_linked_folder(tmp_path):
+    from omegaconf import OmegaConf
+
+    real = tmp_path / "real_data"
+    real.mkdir()
+    link = tmp_path / "linked_data"
+    link.symlink_to(real)
+    cfg = OmegaConf.create({"knowedit_dir": str(link), "model": {"name": "m"}, "easyedit": {}})
+    roots = portable.run_roots(cfg, tmp_path / "out")
+    assert (str(real.resolve()), "${knowedit_dir}") in roots
+    assert (str(link), "${knowedit_dir}") in roots
+    assert portable.portable_text(str(link / "zsre" / "a.json"), roots) == "${knowedit_dir}/zsre/a.json"

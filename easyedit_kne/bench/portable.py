@@ -33,24 +33,30 @@ def _real(path) -> str | None:
     return os.path.realpath(os.path.expanduser(str(path)))
 
 
+def _written(path) -> str | None:
+    """The absolute form of a path as written (links kept), for text that was written before resolving."""
+    if path in (None, "", "None", "null"):
+        return None
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
 def run_roots(cfg, out, model_path: str | None = None) -> list[tuple[str, str]]:
     """(absolute prefix, placeholder) pairs for one run, longest prefix first."""
     from .config import PACKAGE_DIR, repo_root
 
-    pairs = [(_real(out), "."), (_real(cfg.get("knowedit_dir")), "${knowedit_dir}")]
+    pairs = [(out, "."), (cfg.get("knowedit_dir"), "${knowedit_dir}")]
     if model_path is not None and os.path.isabs(str(model_path)):
-        pairs.append((_real(model_path), "${model:%s}" % cfg.model.name))
+        pairs.append((model_path, "${model:%s}" % cfg.model.name))
     easyedit = cfg.get("easyedit") or {}
-    pairs += [(_real(easyedit.get("path")), "${easyedit.path}"),
-              (_real(easyedit.get("stats_dir")), "${easyedit.stats_dir}")]
-    root = repo_root()
-    pairs += [(_real(root), "") if root is not None else (None, ""), (_real(PACKAGE_DIR.parent), ""),
-              (_real(os.getcwd()), "")]
+    pairs += [(easyedit.get("path"), "${easyedit.path}"), (easyedit.get("stats_dir"), "${easyedit.stats_dir}"),
+              (repo_root(), ""), (PACKAGE_DIR.parent, ""), (os.getcwd(), "")]
     seen, result = set(), []
-    for prefix, name in pairs:
-        if prefix and prefix != "/" and prefix not in seen:
-            seen.add(prefix)
-            result.append((prefix, name))
+    for path, name in pairs:
+        # the resolved form and the form as written (links kept): text may hold either
+        for form in (_real(path), _written(path)):
+            if form and form != "/" and form not in seen:
+                seen.add(form)
+                result.append((form, name))
     return sorted(result, key=lambda p: -len(p[0]))
 
 
@@ -74,6 +80,12 @@ def portable_text(text: str, roots: list[tuple[str, str]]) -> str:
 
     if "/" not in text and "\\" not in text:
         return text
+    # the known roots first, wherever they sit (a checkout under /check/... is not under a usual top folder)
+    known = [prefix for prefix, _ in roots if prefix and os.path.isabs(prefix)]
+    if known:
+        under = re.compile(r"(?<![\w.$}/:])(?:" + "|".join(re.escape(k) for k in known) + r")(?![\w.-])"
+                           r"(?:/[^\s\"',;:)\]]*)?")
+        text = under.sub(one, text)
     return ABSOLUTE.sub(one, text)
 
 
