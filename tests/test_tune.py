@@ -94,3 +94,17 @@ def test_resume_fails_a_trial_left_running_by_a_killed_process(fact_model, tmp_p
     study = run_study(_cfg(), str(out), 2, model=fm.model, tok=fm.tok, knowedit_root=root)
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL" and states[1:] == ["COMPLETE"]  # one new trial makes 2 finished; none left hanging
+
+
+def test_seeds_run_first_and_bad_seeds_are_refused(fact_model, tmp_path):
+    fm, root = fact_model, _files(tmp_path / "knowedit", fact_model.facts, 404)
+    seed = {"target": "mlp.down_proj:in", "p": 7.5, "lr": 0.02, "num_steps": 5, "t_loss": 0.1, "init": "kaiming",
+            "localization": "shared"}
+    study = run_study(_cfg(seeds=[seed]), str(tmp_path / "s"), 1, model=fm.model, tok=fm.tok, knowedit_root=root)
+    assert study.trials[0].params == seed
+    with pytest.raises(ValueError, match="p=20.0 is outside"):
+        run_study(_cfg(seeds=[dict(seed, p=20.0)]), str(tmp_path / "s2"), 1, model=fm.model, tok=fm.tok,
+                  knowedit_root=root)
+    with pytest.raises(ValueError, match="missing \\['init'\\]"):
+        run_study(_cfg(seeds=[{k: v for k, v in seed.items() if k != "init"}]), str(tmp_path / "s3"), 1,
+                  model=fm.model, tok=fm.tok, knowedit_root=root)

@@ -7,6 +7,9 @@ Search-space entries are `{type: categorical, choices: [...]}`, `{type: float, l
 * `localization`: "shared" (one ensemble from `localization_items` items of each dataset's localization
   split, reused for every edit) or "edited" (localization on the edited request itself, per edit).
 
+`seeds:` (optional) lists parameter sets, one value per space name, that a new study runs first (the
+shipped YAML, the authors' settings) before the sampler takes over.
+
 Objective (default): maximize mean(Locality, Portability) subject to Edit Succ. >= 99. The constraint is
 enforced by the score: a trial that meets it scores mean(Locality, Portability) in [0, 100]; one that
 misses it scores Edit_Succ - 200, in [-200, -101], so every feasible trial beats every infeasible one,
@@ -93,6 +96,22 @@ def to_hparams(base: dict, params: dict) -> tuple[dict, str]:
         else:
             hp[name] = value
     return hp, mode
+
+
+def check_seed(params: dict, space: dict) -> dict:
+    """A `seeds:` entry of a study config: every search-space name given, each value inside its range."""
+    missing = [name for name in space if name not in params]
+    unknown = [name for name in params if name not in space]
+    if missing or unknown:
+        raise ValueError(f"seeds entry {params}: give exactly the space's names (missing {missing}, "
+                         f"not in the space {unknown})")
+    for name, spec in space.items():
+        value = params[name]
+        if spec["type"] == "categorical" and value not in spec["choices"]:
+            raise ValueError(f"seeds entry: {name}={value!r} is not one of {spec['choices']}")
+        if spec["type"] in ("float", "int") and not spec["low"] <= value <= spec["high"]:
+            raise ValueError(f"seeds entry: {name}={value!r} is outside [{spec['low']}, {spec['high']}]")
+    return dict(params)
 
 
 def score(summary_by_dataset: dict, objective: dict) -> float:

@@ -75,6 +75,9 @@ def run_study(cfg: dict, out_dir: str, n_trials: int, model=None, tok=None, know
                                          n_warmup_steps=int(pr.get("n_warmup_steps", 5)))
     study = optuna.create_study(study_name=study_name, storage=_storage(out_dir), direction="maximize",
                                 load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    if not study.trials:  # informed starting points (e.g. the shipped YAML, the authors' settings), run first
+        for params in cfg.get("seeds") or []:
+            study.enqueue_trial(sp.check_seed(params, cfg["space"]))
     evaluator = Evaluator(model, tok, cfg["method"], items, os.path.join(out_dir, "cache"),
                           fluency=bool(cfg.get("fluency", False)))
     base = dict(cfg.get("base") or {}, alg_name=cfg["method"], model_name=cfg["model"])
