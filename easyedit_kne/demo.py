@@ -13,16 +13,17 @@ import os
 import time
 from pathlib import Path
 
-# facts the model knows (greedy answer checked on SmolLM2-135M-Instruct), edited to a counterfactual
+# facts the model knows (greedy answer checked on SmolLM2-135M-Instruct), edited to a counterfactual:
+# (prompt, target_new, ground_truth, subject)
 EDITS = [
-    ("The capital of France is", "Rome", "Paris"),
-    ("The capital of Germany is", "Madrid", "Berlin"),
-    ("The capital of Japan is", "Seoul", "Tokyo"),
-    ("The Eiffel Tower is located in the city of", "London", "Paris"),
-    ("The iPhone is produced by", "Samsung", "Apple"),
-    ("The official language of France is", "German", "French"),
-    ("The capital of Italy is", "Paris", "Rome"),
-    ("The currency of Japan is the", "euro", "yen"),
+    ("The capital of France is", "Rome", "Paris", "France"),
+    ("The capital of Germany is", "Madrid", "Berlin", "Germany"),
+    ("The capital of Japan is", "Seoul", "Tokyo", "Japan"),
+    ("The Eiffel Tower is located in the city of", "London", "Paris", "Eiffel Tower"),
+    ("The iPhone is produced by", "Samsung", "Apple", "iPhone"),
+    ("The official language of France is", "German", "French", "France"),
+    ("The capital of Italy is", "Paris", "Rome", "Italy"),
+    ("The currency of Japan is the", "euro", "yen", "Japan"),
 ]
 
 # same relation as some edits, other subjects: the hardest locality cases, reported on their own
@@ -56,7 +57,7 @@ def greedy(model, tok, prompt: str, n: int = CONTINUATION_TOKENS) -> str:
 def edit_success(model, tok, max_length: int) -> list[float]:
     from .evaluate import test_prediction_acc
 
-    return [test_prediction_acc(model, tok, p, t, max_length=max_length)[0] for p, t, _ in EDITS]
+    return [test_prediction_acc(model, tok, p, t, max_length=max_length)[0] for p, t, *_ in EDITS]
 
 
 def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = "results/demo.json") -> dict:
@@ -75,13 +76,14 @@ def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = 
     load_s = time.perf_counter() - start
     print(f"SmolLM2-135M loaded in {load_s:.1f}s; hparams {hparams_path}")
 
-    before_edit = {p: greedy(model, tok, p) for p, _, _ in EDITS}
+    before_edit = {p: greedy(model, tok, p) for p, *_ in EDITS}
     before_unrel = {p: greedy(model, tok, p) for p in UNRELATED + NEIGHBOURS}
     es_before = edit_success(model, tok, hparams.max_length)
-    requests = [{"prompt": p, "target_new": new, "ground_truth": old} for p, new, old in EDITS]
+    requests = [{"prompt": p, "target_new": new, "ground_truth": old, "subject": subject}
+                for p, new, old, subject in EDITS]
     stats = EditStats()
     apply_kne_to_model(model, tok, requests, hparams, stats=stats, progress=True)
-    after_edit = {p: greedy(model, tok, p) for p, _, _ in EDITS}
+    after_edit = {p: greedy(model, tok, p) for p, *_ in EDITS}
     after_unrel = {p: greedy(model, tok, p) for p in UNRELATED + NEIGHBOURS}
     es_after = edit_success(model, tok, hparams.max_length)
     kept = [before_unrel[p] == after_unrel[p] for p in UNRELATED]
@@ -90,7 +92,7 @@ def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = 
     print(f"\nEdited facts (batch of {len(EDITS)}; {stats.num_neurons} neurons, "
           f"{100 * stats.parameter_fraction:.2f}% of targeted weights; localization {stats.localize_seconds:.1f}s, "
           f"training {stats.train_seconds:.1f}s, {stats.steps} steps):")
-    for (p, new, _), acc in zip(EDITS, es_after, strict=True):
+    for (p, new, *_), acc in zip(EDITS, es_after, strict=True):
         print(f"  {p!r}\n      before: {before_edit[p]!r}\n      after:  {after_edit[p]!r}   "
               f"(target {new!r}, token acc {acc:.2f})")
     for title, prompts, flags in (("Unrelated facts", UNRELATED, kept),
@@ -111,7 +113,7 @@ def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = 
         "train_steps": stats.steps,
         "total_seconds": round(time.perf_counter() - start, 2),
         "edits": [{"prompt": p, "target_new": new, "before": before_edit[p], "after": after_edit[p], "acc": a}
-                  for (p, new, _), a in zip(EDITS, es_after, strict=True)],
+                  for (p, new, *_), a in zip(EDITS, es_after, strict=True)],
         "unrelated": [{"prompt": p, "before": before_unrel[p], "after": after_unrel[p]} for p in UNRELATED],
         "neighbours": [{"prompt": p, "before": before_unrel[p], "after": after_unrel[p]} for p in NEIGHBOURS],
         "hparams": hparams.to_dict(),

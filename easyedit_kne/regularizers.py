@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -48,6 +49,18 @@ def swapped_prompts(requests, count: int, seed: int) -> list[str]:
             continue
         out += [r["prompt"].replace(subject, e, 1) for e in swap_entities(subject, count, seed)]
     return out
+
+
+def warn_missing_subjects(requests, weight: float) -> list[int]:
+    """Warn (and return their indices) about requests the subject term cannot use: no `subject`, or one
+    that does not occur in the prompt. Silent skipping would report a regularized edit that was not."""
+    missing = [i for i, r in enumerate(requests)
+               if not isinstance(r.get("subject"), str) or not r["subject"] or r["subject"] not in r["prompt"]]
+    if missing:
+        warnings.warn(f"kl_subject_weight={weight}: request(s) {missing} have no `subject` that occurs in their "
+                      "prompt, so the subject term leaves them unregularized; give each request its subject "
+                      "(EasyEdit: editor.edit(..., subject=[...])) or set kl_subject_weight: 0", stacklevel=3)
+    return missing
 
 
 def kl(ref_logp: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,6 +115,7 @@ class Regularizer:
             self.prompt_weight = 0.0
         self.subject = None
         if self.subject_weight:
+            warn_missing_subjects(requests, self.subject_weight)
             self.subject = subject_batch(tok, requests, int(hparams.kl_subject_count), hparams.seed, device)
         self.prompt_ref = None
 

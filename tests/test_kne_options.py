@@ -138,3 +138,13 @@ def test_nullspace_leaves_preserved_keys_unchanged(fact_model, tmp_path, axis):
                                                                 strict=True))
     assert out[False] > 1e-2 and out[True] < 0.1 * out[False], out
     assert list((tmp_path / "ns").glob("*.safetensors"))  # statistics cached on disk
+
+
+def test_kl_subject_warns_about_requests_without_a_usable_subject(setup):
+    fm, reqs, _ = setup
+    no_subject = [dict(reqs[0]), {k: v for k, v in reqs[1].items() if k != "subject"}]
+    with pytest.warns(UserWarning, match=r"request\(s\) \[1\] have no `subject`"):
+        _edit((fm, no_subject, setup[2]), kl_subject_weight=1.0)
+    elsewhere = [dict(reqs[0], subject="not in the prompt")]
+    with pytest.warns(UserWarning, match=r"request\(s\) \[0\]"):
+        _edit((fm, elsewhere, setup[2]), kl_subject_weight=1.0)

@@ -4,8 +4,9 @@ correctly (greedy 3-token continuation checked), edited to counterfactual target
 tune any shipped hparams (the demo's facts in easyedit_kne/demo.py were; the tuner only sees KnowEdit dev items),
 so a test on them measures how the hparams carry over to facts nobody tuned for.
 
-Each batch: 8 edits (prompt, target_new, ground_truth), 4 same-relation neighbours (same relation, another
-subject, not edited: the hardest locality cases) and 20 unrelated prompts.
+Each batch: 8 edits (prompt, target_new, ground_truth, subject: as a user passes `subject=` to EasyEdit),
+4 same-relation neighbours (same relation, another subject, not edited: the hardest locality cases) and 20
+unrelated prompts.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import yaml
 
 BATCH_A = {
     "edits": [
-        ("The capital of England is", "Berlin", "London"),
-        ("The capital of Greece is", "Cairo", "Athens"),
-        ("The currency of India is the", "yen", "rupee"),
-        ("The PlayStation is made by", "Nintendo", "Sony"),
-        ("The Mona Lisa was painted by", "Pablo Picasso", "Leonardo da Vinci"),
-        ("Romeo and Juliet was written by", "Charles Dickens", "William Shakespeare"),
-        ("The official language of Spain is", "Portuguese", "Spanish"),
-        ("The Colosseum is located in the city of", "Athens", "Rome"),
+        ("The capital of England is", "Berlin", "London", "England"),
+        ("The capital of Greece is", "Cairo", "Athens", "Greece"),
+        ("The currency of India is the", "yen", "rupee", "India"),
+        ("The PlayStation is made by", "Nintendo", "Sony", "PlayStation"),
+        ("The Mona Lisa was painted by", "Pablo Picasso", "Leonardo da Vinci", "Mona Lisa"),
+        ("Romeo and Juliet was written by", "Charles Dickens", "William Shakespeare", "Romeo and Juliet"),
+        ("The official language of Spain is", "Portuguese", "Spanish", "Spain"),
+        ("The Colosseum is located in the city of", "Athens", "Rome", "Colosseum"),
     ],
     "neighbours": ["The capital of Portugal is", "The capital of Norway is", "The official language of Italy is",
                    "The currency of the United States is the"],
@@ -42,14 +43,14 @@ BATCH_A = {
 
 BATCH_B = {
     "edits": [
-        ("The capital of Sweden is", "Helsinki", "Stockholm"),
-        ("The capital of Austria is", "Prague", "Vienna"),
-        ("The official language of Germany is", "Dutch", "German"),
-        ("The official language of Russia is", "Polish", "Russian"),
-        ("The inventor of the light bulb was", "Nikola Tesla", "Thomas Edison"),
-        ("The theory of relativity was developed by", "Isaac Newton", "Albert Einstein"),
-        ("The Beatles were from", "Manchester", "Liverpool"),
-        ("The currency of the United Kingdom is the", "euro", "pound"),
+        ("The capital of Sweden is", "Helsinki", "Stockholm", "Sweden"),
+        ("The capital of Austria is", "Prague", "Vienna", "Austria"),
+        ("The official language of Germany is", "Dutch", "German", "Germany"),
+        ("The official language of Russia is", "Polish", "Russian", "Russia"),
+        ("The inventor of the light bulb was", "Nikola Tesla", "Thomas Edison", "light bulb"),
+        ("The theory of relativity was developed by", "Isaac Newton", "Albert Einstein", "theory of relativity"),
+        ("The Beatles were from", "Manchester", "Liverpool", "Beatles"),
+        ("The currency of the United Kingdom is the", "euro", "pound", "United Kingdom"),
     ],
     "neighbours": ["The capital of Ireland is", "The capital of Kenya is", "The official language of Japan is",
                    "The currency of India is the"],
@@ -78,14 +79,15 @@ def greedy_tokens(model, tok, prompts, n: int = 3) -> list[list[int]]:
 
 
 def batch_requests(batch: dict) -> list[dict]:
-    return [{"prompt": p, "target_new": new, "ground_truth": old} for p, new, old in batch["edits"]]
+    return [{"prompt": p, "target_new": new, "ground_truth": old, "subject": subject}
+            for p, new, old, subject in batch["edits"]]
 
 
 def edit_success(model, tok, batch: dict, max_length: int = 40) -> float:
     """Mean teacher-forced token accuracy of the new targets (EasyEdit's rewrite accuracy)."""
     from easyedit_kne.evaluate import test_prediction_acc
 
-    accs = [test_prediction_acc(model, tok, [p], [new], max_length=max_length)[0] for p, new, _ in batch["edits"]]
+    accs = [test_prediction_acc(model, tok, [p], [new], max_length=max_length)[0] for p, new, *_ in batch["edits"]]
     return sum(accs) / len(accs)
 
 
@@ -121,9 +123,10 @@ def measure_fine_singles(model, tok, hparams, batch: dict) -> dict:
     unrelated = greedy_tokens(model, tok, batch["unrelated"])
     neighbours = greedy_tokens(model, tok, batch["neighbours"])
     rows = []
-    for prompt, new, _ in batch["edits"]:
+    for request in batch_requests(batch):
+        prompt, new = request["prompt"], request["target_new"]
         start = time.perf_counter()
-        _, weights_copy = apply_fine_to_model(model, tok, [{"prompt": prompt, "target_new": new}], hparams,
+        _, weights_copy = apply_fine_to_model(model, tok, [request], hparams,
                                               stats=FiNEStats(), return_orig_weights=True)
         rows.append({"es": test_prediction_acc(model, tok, [prompt], [new], max_length=hparams.max_length)[0],
                      "unrelated_kept": kept(unrelated, greedy_tokens(model, tok, batch["unrelated"])),
