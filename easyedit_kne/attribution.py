@@ -28,19 +28,18 @@ gradient is built); their flags are restored afterwards, whatever happens.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from tqdm.auto import tqdm
 
 from .attribution_naive import attribute_request_naive
 from .hooks import Hooks
+from .model_flags import kept_flags
 from .modules import TargetModule, find_blocks, targets_from_hparams
 from .quadrature import ig_nodes
 from .tokens import check_encodable, check_requests, encode_requests
 
 __all__ = ["aggregate", "attribute", "attribute_per_request", "attribute_request", "attribute_requests",
-           "attribute_request_naive", "frozen_parameters", "target_prob_sum"]
+           "attribute_request_naive", "target_prob_sum"]
 
 _SCALE_F = True  # per-row F scaling against half-precision underflow (a switch for the test that shows why)
 
@@ -56,22 +55,6 @@ def aggregate(per_request: list[dict], how: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"score_aggregation={how!r} is not allowed: choose one of {', '.join(AGGREGATIONS)}")
     names = per_request[0].keys()
     return {n: AGGREGATIONS[how](torch.stack([s[n] for s in per_request])) for n in names}
-
-
-@contextmanager
-def frozen_parameters(model):
-    """Every parameter frozen and the model in eval mode for the duration; flags restored on any exit."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        model.eval()
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 class _Encoded:
@@ -264,7 +247,7 @@ def attribute_request(model, tok, request, targets: list[TargetModule], steps: i
                       batch_size: int = 64, index: int = 0, method: str = "riemann_right"
                       ) -> dict[str, torch.Tensor]:
     """Fast per-neuron attribution scores of one request (`index`: its position, for messages)."""
-    with frozen_parameters(model):
+    with kept_flags(model, freeze=True):
         return attribute_requests(model, tok, [request], targets, steps, max_length, batch_size, method, index)[0]
 
 
@@ -298,7 +281,7 @@ def attribute_per_request(model, tok, requests, hparams, method: str = "fast", c
     group = 1 if method == "naive" else min(hparams.ig_request_batch, hparams.ig_batch_size - 1)
     groups = [todo[k:k + group] for k in range(0, len(todo), group)]
     bar = tqdm(total=len(todo), desc="KNE attribution", disable=not progress or len(todo) < 2)
-    with frozen_parameters(model):
+    with kept_flags(model, freeze=True):
         for idx in groups:
             if method == "fast":
                 scores = attribute_requests(model, tok, [requests[i] for i in idx], targets, hparams.ig_steps,

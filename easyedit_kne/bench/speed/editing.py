@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ...hooks import Hooks
 from ...hparams import KNEHyperParams
-from ...kne_main import EditStats, apply_kne_to_model, build_updates, frozen
+from ...kne_main import EditStats, apply_kne_to_model, build_updates
+from ...model_flags import kept_flags
 from ...modules import find_blocks, find_target_modules
 from ...tokens import encode_requests, target_logprobs
 from .localization import target_layers
@@ -76,7 +77,7 @@ def training_step_times(model, batch, ensemble, cfg: BenchConfig, device) -> dic
     seconds = {k: [] for k in STEP_KINDS}
     losses = {k: [] for k in STEP_KINDS}
     rounds = cfg.warmup_steps + cfg.timed_steps
-    with frozen(model), Hooks() as hooks, torch.enable_grad():
+    with kept_flags(model, freeze=True), Hooks() as hooks, torch.enable_grad():
         hooks.forward(model.get_input_embeddings(), embedding_hook)
         for s, d in zip(sparse, dense, strict=True):
             hooks.forward(s.module, update_hook("sparse", s))
@@ -139,7 +140,7 @@ def ftl_edit(model, tok, request, module, cfg: BenchConfig, device) -> tuple[flo
         batch = encode_requests(tok, [request], cfg.max_length).to(device)
         original = weight.detach().clone()  # what EasyEdit's weights_copy holds
         last = math.nan
-        with frozen(model), torch.enable_grad():
+        with kept_flags(model, freeze=True), torch.enable_grad():
             weight.requires_grad_(True)
             opt = torch.optim.Adam([weight], lr=cfg.ftl_lr)
             for _ in range(cfg.edit_steps):
