@@ -10,7 +10,7 @@ AFTER the edit, in the weight's own dtype. So:
 * stacked edits revert exactly in reverse order; every write first checks that the slices hold what they
   should (`before` to apply, `after` to revert), so an out-of-order revert that cannot be exact is an error.
 
-The file is safetensors (tensors `<param>/index|before|after`) whose metadata holds JSON (base and result
+The file (edit_file.py) is safetensors (tensors `<param>/index|before|after`) whose metadata holds JSON (base and result
 fingerprints, requests, hparams, package version) and a SHA-256 over that JSON and every tensor's bytes.
 No pickle. Everything (checksum, names, shapes, dtypes, indices, fingerprint) is checked before the first
 write, and the writes are all or nothing, so a bad file or a wrong model leaves the model unchanged.
@@ -18,8 +18,6 @@ write, and the writes are all or nothing, so a bad file or a wrong model leaves 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 import warnings
@@ -29,10 +27,8 @@ import torch
 
 from .atomic import atomic_path
 from .cache import model_fingerprint
+from .edit_file import FORMAT, FORMAT_VERSION, pack, unpack
 
-FORMAT = "easyedit-kne-edit"
-FORMAT_VERSION = 1
-META_KEY = "easyedit_kne.edit"
 PARTS = ("index", "before", "after")
 
 
@@ -45,10 +41,6 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 @dataclass
@@ -210,11 +202,8 @@ class Edit:
         return {f"{m.param}/{part}": getattr(m, part).contiguous() for m in self.modules for part in PARTS}
 
     def to_bytes(self) -> bytes:
-        from safetensors.torch import save
-
-        meta = json.dumps(self._meta(), sort_keys=True, default=str)
-        tensors = self._tensors()
-        return save(tensors, metadata={META_KEY: meta, "checksum": _checksum(meta, tensors)})
+        """The file's bytes (edit_file.py: safetensors, JSON metadata, SHA-256)."""
+        return pack(self._meta(), self._tensors())
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the edit atomically (a reader never sees a half-written file)."""
@@ -241,34 +230,8 @@ class Edit:
                              "corrupted or truncated, or another kind of file. Nothing was applied.") from None
 
 
-def _checksum(meta_json: str, tensors: dict) -> str:
-    h = hashlib.sha256(meta_json.encode())
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()
-
-
 def _parse(data: bytes) -> Edit:
-    from safetensors.torch import load
-
-    if len(data) < 8:
-        raise ValueError("shorter than a safetensors header")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ValueError("header runs past the end of the file")
-    header_meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    raw = header_meta.get(META_KEY)
-    if raw is None:
-        raise ValueError(f"no {META_KEY!r} metadata")
-    tensors = load(data)
-    if header_meta.get("checksum") != _checksum(raw, tensors):
-        raise ValueError("checksum mismatch")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"format {meta.get('format')!r} v{meta.get('format_version')}, expected {FORMAT} "
-                         f"v{FORMAT_VERSION}")
+    meta, tensors = unpack(data)
     modules = []
     for spec in meta["modules"]:
         m = ModuleDelta(spec["param"], spec["axis"], int(spec["dim"]), tuple(int(s) for s in spec["shape"]),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy as copy_module
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +29,7 @@ from .ensemble import KnowledgeNeuronalEnsemble
 from .hooks import Hooks
 from .localization import load_ensemble_once, localized_ensemble
 from .merge import SparseUpdate, merge_checked, merge_updates
+from .model_flags import kept_flags
 from .modules import check_not_offloaded, targets_from_hparams
 from .tokens import IGNORE_INDEX, check_requests, encode_requests, logprobs_at, prediction_positions
 
@@ -51,22 +51,6 @@ class EditStats:
     merged_min_prob: float | None = None
     repair_rounds: int = 0  # training rounds run on the merged model because the merge lost the edit
     edit_holds: bool | None = None
-
-
-@contextmanager
-def frozen(model):
-    """All model parameters frozen for the duration (so backward reaches only the KNE blocks)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def init_block(block: torch.Tensor, axis: str, init: str) -> None:
@@ -155,7 +139,7 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
     main_pos = positions if reg.prompt_pos is None else torch.unique(torch.cat([positions, reg.prompt_pos]))
     slot = {"pos": main_pos}
     stop_on_accuracy = getattr(hparams, "stop_on", "loss") == "accuracy"
-    with frozen(model), Hooks() as hooks, torch.enable_grad():
+    with kept_flags(model, freeze=True), Hooks() as hooks, torch.enable_grad():
         hooks.forward_pre(model.get_output_embeddings(),
                           lambda mod, args: (args[0][:, slot["pos"].to(args[0].device)],))
 

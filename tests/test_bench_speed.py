@@ -2,6 +2,8 @@
 measurements run, agree numerically and leave the model as
 it was. Timings are never asserted (they depend on the machine and its load)."""
 
+import math
+
 import pytest
 import tiny_models as tm
 import torch
@@ -161,3 +163,24 @@ def test_request_batch_sweep_reuses_the_runs_of_b(bench, tiny):
         if k == hp.ig_request_batch:
             assert row["seconds"] == res["throughput"]["default_s"]
         assert row["items"] == 2
+
+
+def test_ftl_and_lora_edits_train_then_restore(bench, tiny):
+    """FT-L and LoRA of the edit-time section share one step loop: both lower the loss from the unedited
+    model's, report the last step's loss, and leave weights, hooks and requires_grad flags as they were."""
+    from easyedit_kne.bench.speed import editing
+
+    model, tok = tiny
+    cfg = _cfg(bench, edit_steps=3)
+    before, flags = _state(model), [p.requires_grad for p in model.parameters()]
+    batch = encode_requests(tok, REQUESTS[:1], cfg.max_length)
+    with torch.no_grad():
+        start = float(editing.nll_loss(model, batch))
+    (target,) = find_target_modules(model, [cfg.target_suffix], [2])
+    for _, last in (editing.ftl_edit(model, tok, REQUESTS[0], target.module, cfg, "cpu"),
+                    editing.lora_edit(model, tok, REQUESTS[0], cfg, "cpu")):
+        assert last < start
+        _assert_unchanged(model, before)
+        assert [p.requires_grad for p in model.parameters()] == flags
+    _, none = editing.ftl_edit(model, tok, REQUESTS[0], target.module, _cfg(bench, edit_steps=0), "cpu")
+    assert math.isnan(none)  # no step, no loss

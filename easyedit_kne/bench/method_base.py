@@ -17,7 +17,6 @@ LoRA-style methods are restored with PEFT's `unload()` (the base layers were nev
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from ..model_flags import kept_flags
 
 
 @dataclass
@@ -98,19 +99,6 @@ class EditMethod:
         return {}
 
 
-@contextlib.contextmanager
-def _kept_flags(model):
-    """requires_grad flags and train/eval mode as they were (FT leaves its weights trainable)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    training = model.training
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(training)
-
-
 class WeightsCopyMethod(EditMethod):
     """A method with EasyEdit's contract: edits in place and returns {parameter name: original tensor}."""
 
@@ -129,7 +117,7 @@ class WeightsCopyMethod(EditMethod):
     def edit(self, model, tok, requests, *, sequential: bool = False) -> EditResult:
         kwargs = self.apply_kwargs()
         start = time.perf_counter()
-        with _kept_flags(model):
+        with kept_flags(model):  # FT leaves its weights trainable
             edited, weights_copy = self.call_apply(model, tok, requests, kwargs)
         seconds = time.perf_counter() - start
         if edited is not model:

@@ -47,8 +47,9 @@ from tqdm.auto import tqdm
 
 from ..edit_artifact import EditRecorder
 from ..hooks import Hooks
-from ..kne_main import EditStats, _hook, frozen, prepare_edit
+from ..kne_main import EditStats, _hook, prepare_edit
 from ..merge import SparseUpdate, merge_checked
+from ..model_flags import kept_flags
 from ..modules import model_device
 from ..tokens import IGNORE_INDEX, EncodedBatch, encode_requests, target_logprobs
 from .locate import FiNELocation, locate
@@ -161,7 +162,7 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
     blocks = [u.block for u in updates]
     opt = torch.optim.Adam(blocks, lr=hparams.lr, weight_decay=hparams.weight_decay)
     stats.trained_holds = False
-    with frozen(model), Hooks() as hooks, torch.enable_grad():
+    with kept_flags(model, freeze=True), Hooks() as hooks, torch.enable_grad():
         for u in updates:
             hooks.forward(u.module, _hook(u))
         for step in tqdm(range(hparams.epochs), desc="FiNE edit", leave=False, disable=not progress):

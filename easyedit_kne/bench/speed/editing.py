@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from ...hooks import Hooks
 from ...hparams import KNEHyperParams
-from ...kne_main import EditStats, apply_kne_to_model, build_updates, frozen
+from ...kne_main import EditStats, apply_kne_to_model, build_updates
+from ...model_flags import kept_flags
 from ...modules import find_blocks, find_target_modules
 from ...tokens import encode_requests, target_logprobs
 from .localization import target_layers
@@ -76,7 +77,7 @@ def training_step_times(model, batch, ensemble, cfg: BenchConfig, device) -> dic
     seconds = {k: [] for k in STEP_KINDS}
     losses = {k: [] for k in STEP_KINDS}
     rounds = cfg.warmup_steps + cfg.timed_steps
-    with frozen(model), Hooks() as hooks, torch.enable_grad():
+    with kept_flags(model, freeze=True), Hooks() as hooks, torch.enable_grad():
         hooks.forward(model.get_input_embeddings(), embedding_hook)
         for s, d in zip(sparse, dense, strict=True):
             hooks.forward(s.module, update_hook("sparse", s))
@@ -131,6 +132,19 @@ def kne_edit(model, tok, request, hparams, ensemble, device) -> tuple[float, flo
     return seconds, stats.losses[-1]
 
 
+def _train_steps(model, batch, opt, steps: int) -> float:
+    """`steps` steps of `opt` on KNE's loss (nll_loss); returns the loss of the last step (nan for none)."""
+    last = math.nan
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = nll_loss(model, batch)
+            last = float(loss.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return last
+
+
 def ftl_edit(model, tok, request, module, cfg: BenchConfig, device) -> tuple[float, float]:
     """Our minimal FT-L (not EasyEdit's code): Adam on one module's full weight, KNE's loss, no early stop."""
     weight = module.weight
@@ -138,16 +152,9 @@ def ftl_edit(model, tok, request, module, cfg: BenchConfig, device) -> tuple[flo
     def run():
         batch = encode_requests(tok, [request], cfg.max_length).to(device)
         original = weight.detach().clone()  # what EasyEdit's weights_copy holds
-        last = math.nan
-        with frozen(model), torch.enable_grad():
+        with kept_flags(model, freeze=True):
             weight.requires_grad_(True)
-            opt = torch.optim.Adam([weight], lr=cfg.ftl_lr)
-            for _ in range(cfg.edit_steps):
-                loss = nll_loss(model, batch)
-                last = float(loss.detach())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            last = _train_steps(model, batch, torch.optim.Adam([weight], lr=cfg.ftl_lr), cfg.edit_steps)
         return original, last
 
     seconds, (original, last) = timed(run, device)
@@ -171,15 +178,7 @@ def lora_edit(model, tok, request, cfg: BenchConfig, device) -> tuple[float, flo
         peft_model = get_peft_model(model, config)
         peft_model.eval()
         opt = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=cfg.lora_lr)
-        last = math.nan
-        with torch.enable_grad():
-            for _ in range(cfg.edit_steps):
-                loss = nll_loss(peft_model, batch)
-                last = float(loss.detach())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        return peft_model, last
+        return peft_model, _train_steps(peft_model, batch, opt, cfg.edit_steps)
 
     try:
         with warnings.catch_warnings():
