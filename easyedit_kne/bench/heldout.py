@@ -66,6 +66,33 @@ BATCH_B = {
 
 BATCHES = {"A": BATCH_A, "B": BATCH_B}
 
+# A DEV batch (facts checked the same way, none in A, B or the demo): the one batch on which batch-edit settings
+# may be chosen (`--batches C`); A and B stay held out.
+BATCH_C = {
+    "edits": [
+        ("The capital of Turkey is", "Baghdad", "Istanbul", "Turkey"),
+        ("The official language of Mexico is", "French", "Spanish", "Mexico"),
+        ("The currency of China is the", "peso", "yuan", "China"),
+        ("The Windows operating system is made by", "Google", "Microsoft", "Windows"),
+        ("The telephone was invented by", "Marie Curie", "Alexander Graham Bell", "telephone"),
+        ("Penicillin was discovered by", "Louis Pasteur", "Alexander Fleming", "Penicillin"),
+        ("The Kremlin is located in the city of", "Berlin", "Moscow", "Kremlin"),
+        ("Sushi is a dish from", "Brazil", "Japan", "Sushi"),
+    ],
+    "neighbours": ["The capital of Australia is", "The currency of Russia is the",
+                   "The Statue of Liberty is located in the city of", "Pizza is a dish from"],
+    "unrelated": [
+        "Spiders have eight", "The Moon orbits the", "The main ingredient of bread is", "The Sahara is located in",
+        "The longest river in the world is the", "The heart pumps", "The Olympic Games originated in",
+        "Lions live in", "The human body has two", "Diamonds are made of", "The capital of Argentina is",
+        "Hamlet was written by", "Harry Potter was written by", "The Starry Night was painted by",
+        "Big Ben is located in the city of", "The smallest planet in the solar system is", "Gold is a",
+        "Photosynthesis takes place in the", "The freezing point of water is", "The official language of Brazil is",
+    ],
+}
+
+DEV_BATCHES = {"C": BATCH_C}
+
 
 @torch.no_grad()
 def greedy_tokens(model, tok, prompts, n: int = 3) -> list[list[int]]:
@@ -153,7 +180,13 @@ def main(argv=None) -> int:
     parser.add_argument("hparams", nargs="+", help="KNE or FiNE hparams YAMLs (paths or shipped names)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batches", default="AB",
+                        help="letters of the batches to run: A, B (held out) or C (dev, for choosing settings)")
     args = parser.parse_args(argv)
+    known = {**BATCHES, **DEV_BATCHES}
+    unknown = [b for b in args.batches if b not in known]
+    if unknown:
+        parser.error(f"--batches {args.batches}: unknown batch {unknown}; choose from {''.join(known)}")
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     from easyedit_kne.fine import FiNEHyperParams
@@ -163,7 +196,8 @@ def main(argv=None) -> int:
         with open(path, encoding="utf-8") as f:
             alg = "KNE" if str(yaml.safe_load(f).get("alg_name", "KNE")).upper() == "KNE" else "FiNE"
         hp = (FiNEHyperParams if alg == "FiNE" else KNEHyperParams).from_hparams(path)
-        for name, batch in BATCHES.items():
+        for name in args.batches:
+            batch = known[name]
             row = (measure_fine_singles if alg == "FiNE" else measure_kne_batch)(model, tok, hp, batch)
             print(json.dumps({"hparams": str(path), "alg": alg, "batch": name, **row}), flush=True)
     return 0
