@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 # facts the model knows (greedy answer checked on SmolLM2-135M-Instruct), edited to a counterfactual:
 # (prompt, target_new, ground_truth, subject)
@@ -42,7 +41,6 @@ UNRELATED = [
 ]
 
 CONTINUATION_TOKENS = 3
-REPO = Path(__file__).resolve().parent.parent
 
 
 def greedy(model, tok, prompt: str, n: int = CONTINUATION_TOKENS) -> str:
@@ -64,12 +62,13 @@ def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = 
     import torch
 
     from .atomic import write_json_atomic
-    from .hparams import KNEHyperParams
+    from .hparams import KNEHyperParams, hparams_root
     from .kne_main import EditStats, apply_kne_to_model
     from .models import load_model
 
     torch.manual_seed(0)
-    hparams_path = hparams_path or REPO / "hparams" / "KNE" / "smollm2-135m.yaml"
+    # a batch edit: the shipped batch YAML, from the checkout or the wheel's copy (hparams_root)
+    hparams_path = hparams_path or os.path.join(hparams_root(), "KNE", "smollm2-135m-batch.yaml")
     hparams = KNEHyperParams.from_hparams(hparams_path)
     start = time.perf_counter()
     model, tok = load_model("smollm2-135m")

@@ -145,15 +145,15 @@ def greedy(prompt):
         ids = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
-hp = KNEHyperParams.from_hparams(f"{hparams_root()}/KNE/smollm2-135m.yaml")
+hp = KNEHyperParams.from_hparams(f"{hparams_root()}/KNE/smollm2-135m-batch.yaml")
 before = [greedy(p) for p in UNRELATED]
 pre = sum(edit_success(model, tok, hp.max_length)) / len(EDITS)
 stats = EditStats()
 if device == "cuda":
     torch.cuda.synchronize()
 start = time.perf_counter()
-apply_kne_to_model(model, tok, [{"prompt": p, "target_new": n, "ground_truth": o} for p, n, o in EDITS], hp,
-                   stats=stats)
+apply_kne_to_model(model, tok, [{"prompt": p, "target_new": n, "ground_truth": o, "subject": s}
+                                 for p, n, o, s in EDITS], hp, stats=stats)
 if device == "cuda":
     torch.cuda.synchronize()
 seconds = time.perf_counter() - start
