@@ -25,13 +25,13 @@ def _demo(args) -> int:
     from .demo import run
     from .hparams import resolve_hparams_file
 
-    run(args.hparams or resolve_hparams_file("KNE", "smollm2-135m"), args.out)
+    run(args.hparams or resolve_hparams_file("KNE", "smollm2-135m-batch"), args.out)  # a batch edit
     return 0
 
 
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="edit SmolLM2-135M on a small fact set and print before/after")
-    p.add_argument("--hparams", default=None, help="KNE hparams YAML or shipped name (default: smollm2-135m)")
+    p.add_argument("--hparams", default=None, help="KNE hparams YAML or shipped name (default: smollm2-135m-batch)")
     p.add_argument("--out", default="results/demo.json")
     p.set_defaults(fn=_demo)
 

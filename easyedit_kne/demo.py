@@ -62,13 +62,13 @@ def run(hparams_path: str | os.PathLike | None = None, out: str | os.PathLike = 
     import torch
 
     from .atomic import write_json_atomic
-    from .hparams import KNEHyperParams, hparams_root
+    from .hparams import KNEHyperParams, resolve_hparams_file
     from .kne_main import EditStats, apply_kne_to_model
     from .models import load_model
 
     torch.manual_seed(0)
-    # a batch edit: the shipped batch YAML, from the checkout or the wheel's copy (hparams_root)
-    hparams_path = hparams_path or os.path.join(hparams_root(), "KNE", "smollm2-135m-batch.yaml")
+    # a batch edit: the shipped batch YAML, from the checkout or the wheel's copy
+    hparams_path = hparams_path or resolve_hparams_file("KNE", "smollm2-135m-batch")
     hparams = KNEHyperParams.from_hparams(hparams_path)
     start = time.perf_counter()
     model, tok = load_model("smollm2-135m")
