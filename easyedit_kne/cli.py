@@ -99,7 +99,7 @@ def add_hparams_parser(sub) -> None:
 
 
 # ------------------------------------------------------------------------- commands with their own parser
-def _knowedit(argv: list[str]) -> int:
+def _knowedit_main(argv: list[str]) -> int:
     from .bench.run_knowedit import main as hydra_main
 
     saved = sys.argv
@@ -111,55 +111,39 @@ def _knowedit(argv: list[str]) -> int:
     return 0
 
 
-def _compare(argv: list[str]) -> int:
-    from .bench.compare import main as compare_main
-
-    return compare_main(argv)
-
-
-def _bench_speed(argv: list[str]) -> int:
-    from .bench.speed import main as speed_main
-
-    return speed_main(argv)
-
-
-def add_knowedit_parser(sub) -> None:
-    p = sub.add_parser("knowedit", add_help=False, help="the KnowEdit benchmark runner; Hydra overrides follow "
-                       "(method=KNE data=zsre data.size=8 ..., -m for sweeps, --help for Hydra's help)")
-    p.set_defaults(passthrough=_knowedit)
+# name, module whose main(argv) runs it (None: _knowedit_main), help. Imported only when the command runs.
+PASSTHROUGH = [
+    ("knowedit", None, "the KnowEdit benchmark runner; Hydra overrides follow (method=KNE data=zsre data.size=8 ..., "
+                       "-m for sweeps, --help for Hydra's help)"),
+    ("compare", "bench.compare", "compare finished runs (RESULTS_DIR ... [--common]; --help)"),
+    ("bench-speed", "bench.speed", "speed and memory bench ([--quick] [--out F]; --help)"),
+    ("bench-eval", "bench.bench_eval", "evaluation cost, today vs cached + batched (--help)"),
+    ("claims", "bench.claims_report", "the paper's analyses as verdicts: RESULTS_ROOT --out docs/claims.md (--help)"),
+]
 
 
-def add_compare_parser(sub) -> None:
-    p = sub.add_parser("compare", add_help=False, help="compare finished runs (RESULTS_DIR ... [--common]; --help)")
-    p.set_defaults(passthrough=_compare)
+def _forwarder(module: str | None):
+    if module is None:
+        return _knowedit_main
+
+    def forward(argv: list[str]) -> int:
+        from importlib import import_module
+
+        return import_module(f"{__package__}.{module}").main(argv)
+
+    return forward
 
 
-def _bench_eval(argv: list[str]) -> int:
-    from .bench.bench_eval import main as bench_eval_main
+def _passthrough_parser(name: str, module: str | None, help_text: str):
+    def add(sub) -> None:  # the command's own parser reads the rest of the command line
+        sub.add_parser(name, add_help=False, help=help_text).set_defaults(passthrough=_forwarder(module))
 
-    return bench_eval_main(argv)
-
-
-def add_bench_eval_parser(sub) -> None:
-    p = sub.add_parser("bench-eval", add_help=False, help="evaluation cost, today vs cached + batched (--help)")
-    p.set_defaults(passthrough=_bench_eval)
+    add.__name__ = f"add_{name.replace('-', '_')}_parser"
+    return add
 
 
-def add_bench_speed_parser(sub) -> None:
-    p = sub.add_parser("bench-speed", add_help=False, help="speed and memory bench ([--quick] [--out F]; --help)")
-    p.set_defaults(passthrough=_bench_speed)
-
-
-def _claims(argv: list[str]) -> int:
-    from .bench.claims_report import main as claims_main
-
-    return claims_main(argv)
-
-
-def add_claims_parser(sub) -> None:
-    p = sub.add_parser("claims", add_help=False, help="the paper's analyses as verdicts: RESULTS_ROOT --out "
-                       "docs/claims.md (--help)")
-    p.set_defaults(passthrough=_claims)
+(add_knowedit_parser, add_compare_parser, add_bench_speed_parser, add_bench_eval_parser,
+ add_claims_parser) = (_passthrough_parser(*row) for row in PASSTHROUGH)
 
 
 def add_edit_parsers(sub) -> None:

@@ -65,3 +65,15 @@ def test_bench_speed_passes_arguments_through(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench-speed", "--help"])
     assert exit_info.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+def test_every_passthrough_command_reaches_a_main_of_its_own():
+    from importlib import import_module
+
+    names = {name for name, _, _ in cli.PASSTHROUGH}
+    assert names == {"knowedit", "compare", "bench-speed", "bench-eval", "claims"}
+    _, sub = cli.build_parser()
+    for name, module, _ in cli.PASSTHROUGH:
+        assert sub.choices[name].get_default("passthrough") is not None
+        if module is not None:
+            assert callable(import_module(f"easyedit_kne.{module}").main), name

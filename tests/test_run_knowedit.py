@@ -194,6 +194,19 @@ def test_localization_plans_are_disjoint_from_evaluated_items(tiny_run_inputs, t
     assert rq.plan_localization(cfg, requests, ids, n_file)[0] is None
 
 
+def test_a_method_config_fixes_its_own_localization_size(tiny_run_inputs):
+    """KNE-paper localizes on the authors' 200 items whatever localization.size says; a bad value names the field."""
+    requests, ids, n_file = rq.load_eval_requests(compose(overrides(tiny_run_inputs)))
+    cfg = compose(overrides(tiny_run_inputs, "localization.size=4", "+method.localization_size=2"))
+    loc, desc = rq.plan_localization(cfg, requests, ids, n_file)
+    assert len(loc) == 2 and desc["size"] == 2
+    cfg = compose(overrides(tiny_run_inputs, "+method.localization_size=-1"))
+    with pytest.raises(ValueError, match="localization_size=-1"):
+        rq.plan_localization(cfg, requests, ids, n_file)
+    paper = compose(["method=KNE-paper", "data=zsre"])
+    assert paper.method.localization_size == 200 and compose(["method=KNE"]).method.get("localization_size") is None
+
+
 def test_missing_knowedit_file_says_where_to_get_it(tmp_path):
     cfg = compose(["data=zsre", f"knowedit_dir={tmp_path / 'nowhere'}"])
     with pytest.raises(FileNotFoundError, match="zjunlp/KnowEdit.*knowedit_dir=.*data.path="):

@@ -17,6 +17,7 @@ absolute paths left in a JSON value; the tests run it on everything a run writes
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -81,12 +82,19 @@ def portable_text(text: str, roots: list[tuple[str, str]]) -> str:
     if "/" not in text and "\\" not in text:
         return text
     # the known roots first, wherever they sit (a checkout under /check/... is not under a usual top folder)
-    known = [prefix for prefix, _ in roots if prefix and os.path.isabs(prefix)]
-    if known:
-        under = re.compile(r"(?<![\w.$}/:])(?:" + "|".join(re.escape(k) for k in known) + r")(?![\w.-])"
-                           r"(?:/[^\s\"',;:)\]]*)?")
+    under = _known_roots_pattern(tuple(prefix for prefix, _ in roots if prefix and os.path.isabs(prefix)))
+    if under is not None:
         text = under.sub(one, text)
     return ABSOLUTE.sub(one, text)
+
+
+@functools.lru_cache(maxsize=32)
+def _known_roots_pattern(known: tuple[str, ...]) -> re.Pattern | None:
+    """One compiled pattern per set of roots (a run rewrites thousands of strings with the same roots)."""
+    if not known:
+        return None
+    return re.compile(r"(?<![\w.$}/:])(?:" + "|".join(re.escape(k) for k in known) + r")(?![\w.-])"
+                      r"(?:/[^\s\"',;:)\]]*)?")
 
 
 def portable(value, roots: list[tuple[str, str]]):

@@ -42,9 +42,11 @@ def plan_localization(cfg, eval_requests: list[dict], case_ids: list[int], n_fil
     split = str(loc.split)
     if split not in SPLITS:
         raise ValueError(f"localization.split={split!r}: choose one of {', '.join(SPLITS)}")
-    size = int(loc.size or 0)
+    own = cfg.method.get("localization_size")  # a method config may fix its own (KNE-paper: the authors' 200)
+    size = int(loc.size or 0) if own is None else int(own)
     if size < 0:
-        raise ValueError(f"localization.size={size}: give 0 (on each edited batch) or a positive count")
+        field = "localization.size" if own is None else f"method {cfg.method.name}'s localization_size"
+        raise ValueError(f"{field}={size}: give 0 (on each edited batch) or a positive count")
     if size == 0 or split == "edited":
         return None, {"split": "edited", "size": 0, "source": "each edited batch (localized per edit call)"}
     data_path = _resolve(cfg.data.path)
