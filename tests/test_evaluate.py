@@ -296,6 +296,31 @@ def test_generate_fast_samples_top_k_reproducibly(fact_model):
     assert ev._sample_top_k(logits, 1, None).item() == 1
 
 
+def test_generate_fast_passes_the_cache_under_the_name_the_model_takes(tok, fact_model):
+    """transformers 5.2x renamed the KV-cache keyword to `cache` (`past_key_values` warns, and goes in 5.40): a
+    model whose forward takes `cache` gets it under that name, an older-style forward gets `past_key_values`."""
+    import inspect
+
+    model = fact_model.model
+    seen = []
+    handle = model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    try:
+        ev.generate_fast(model, tok, ["a b c"], max_out_len=8, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    assert seen and all(name in kw for kw in seen)
+    if name == "cache":
+        assert not any("past_key_values" in kw for kw in seen)
+    old_style = bigram(tok, [("is", "Morn")])  # forward(input_ids, ..., past_key_values=None, use_cache=None)
+    calls = []
+    forward = old_style.forward
+    old_style.forward = lambda *a, **kw: calls.append(set(kw)) or forward(*a, **kw)
+    old_style.forward.__signature__ = inspect.signature(forward)
+    ev.generate_fast(old_style, tok, ["The capital of Velaria is"], max_out_len=9)
+    assert calls and all("past_key_values" in kw and "cache" not in kw for kw in calls)
+
+
 def test_ngram_entropy_edge_cases():
     assert ev.compute_n_gram_entropy("") == 0.0
     assert ev.compute_n_gram_entropy("word") == 0.0

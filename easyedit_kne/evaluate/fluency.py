@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import unicodedata
 
 import torch
@@ -24,6 +25,21 @@ def _clean_generated(text: str) -> str:
     return unicodedata.normalize("NFKD", text).replace("\n\n", " ").replace("<|endoftext|>", "")
 
 
+def _cache_argument(model) -> str:
+    """The KV-cache keyword of `model.forward`: `cache` from transformers 5.2x on (`past_key_values` is deprecated
+    there and goes in 5.40), `past_key_values` before."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(out):
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else out.past_key_values
+
+
 def generate_fast(model, tok, prompts, n_gen_per_prompt: int = 1, top_k: int = 5, max_out_len: int = 200,
                   generator: torch.Generator | None = None) -> list[str]:
     """EasyEdit's generate_fast: top-k sampling until the sequence (prompt included) has max_out_len
@@ -31,6 +47,7 @@ def generate_fast(model, tok, prompts, n_gen_per_prompt: int = 1, top_k: int = 5
     no attention mask, as EasyEdit does for models whose name contains "llama" (for other names it passes
     a mask of the uncached tokens only, which transformers 5 misreads and the text degenerates)."""
     device = next(model.parameters()).device
+    cache_arg = _cache_argument(model)
     texts = []
     for prompt in [p for p in _as_list(prompts) for _ in range(n_gen_per_prompt)]:
         ids = tok(prompt, return_tensors="pt")["input_ids"].to(device)
@@ -38,8 +55,8 @@ def generate_fast(model, tok, prompts, n_gen_per_prompt: int = 1, top_k: int = 5
         step_input = ids
         with torch.no_grad():
             while ids.shape[1] < max_out_len:
-                out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = model(input_ids=step_input, use_cache=True, **{cache_arg: past})
+                past = _cache_of(out)
                 new = _sample_top_k(_logits(out)[:, -1, :].float(), top_k, generator)
                 ids = torch.cat([ids, new.to(ids.device)], dim=1)
                 step_input = new
