@@ -98,6 +98,10 @@ def _max_positions(model) -> int:
     return 2048
 
 
+class _AllInputsSeen(Exception):
+    """Stops a statistics pass once every hooked layer has seen its input."""
+
+
 def compute_second_moments(model, tok, layer_names: list[str], texts: list[str], *, batch_size: int = 8,
                            max_tokens: int = 2048, progress: bool = True) -> dict[str, tuple[torch.Tensor, int]]:
     """{layer: (Σ x xᵀ in float64, number of token vectors)} of each layer's input over the texts."""
@@ -108,6 +112,7 @@ def compute_second_moments(model, tok, layer_names: list[str], texts: list[str],
     sums: dict[str, torch.Tensor] = {}
     counts = {n: 0 for n in layer_names}
     mask_holder: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
 
     def hook_for(name):
         def hook(module, args):
@@ -117,6 +122,9 @@ def compute_second_moments(model, tok, layer_names: list[str], texts: list[str],
                 sums[name] = torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64, device=x.device)
             sums[name] += feats.t() @ feats
             counts[name] += feats.shape[0]
+            seen.add(name)
+            if len(seen) == len(counts):  # every layer's input is in: the layers above and the LM head are not needed
+                raise _AllInputsSeen
         return hook
 
     maxlen = min(_max_positions(model), max_tokens)
@@ -130,8 +138,12 @@ def compute_second_moments(model, tok, layer_names: list[str], texts: list[str],
                 enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
                           max_length=maxlen)
                 mask_holder["mask"] = enc["attention_mask"].bool()
-                model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                      use_cache=False)
+                seen.clear()
+                try:
+                    model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                          use_cache=False)
+                except _AllInputsSeen:
+                    pass
     finally:
         tok.padding_side = side
         for h in handles:
