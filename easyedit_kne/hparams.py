@@ -167,10 +167,11 @@ class KNEHyperParams(HyperParamsBase):
     ig_steps: int = 20
     ig_method: str = "riemann_right"  # quadrature of Eq. 4 (quadrature.IG_METHODS); riemann_right is Eq. 5
     ig_batch_size: int = 64  # most sequences in one attribution pass (memory knob)
-    # most requests whose rows share one attribution pass (padded). 1: on a 2-core CPU, 4 and 8 ran at 0.74x and
-    # 0.62x the items/s of 1 (docs/performance.md §0: the pass is compute-bound and padding adds work); raise it
-    # where a pass is latency-bound (a GPU: scripts/gpu_check.sh measures 1/4/8)
-    ig_request_batch: int = 1
+    # most requests whose rows share one attribution pass (padded). On a 2-core CPU 4 and 8 ran at 0.75x and 0.62x
+    # the items/s of 1 (docs/performance.md §0: the pass is compute-bound and padding adds work), so set 1 there;
+    # the default stays 4 because it is part of every committed run's config (changing it would refuse their
+    # resume and reproduction) and a latency-bound GPU pass gains from it (scripts/gpu_check.sh measures 1/4/8)
+    ig_request_batch: int = 4
     score_aggregation: str = "max"
     localization_size: int = 0  # 0: localize on the edit requests themselves
     localization_data: str | None = None  # KnowEdit-format JSON for a separate localization set
