@@ -42,6 +42,9 @@ def tree(tmp_path) -> Path:
     _write_run(root / "zsre" / "KNE", "KNE", "zsre", [_case(i, 1.0 if i % 4 else 0.0, 1.0) for i in range(8)])
     _write_run(root / "zsre" / "FT-L", "FT-L", "zsre", [_case(i, 0.0 if i % 2 else 1.0, 0.5) for i in range(8)])
     _write_run(root / "zsre" / "ROME", "ROME", "zsre", [_case(i, 1.0, 0.0) for i in range(3)])  # fewer items
+    covariance = {"source": "KnowEdit WikiBio passages", "mom2_dataset": "local_x", "n_texts": 770}
+    (root / "zsre" / "ROME" / "run_config.json").write_text(
+        json.dumps({"sha256": "x", "config": {"method_extra": {"covariance_texts": covariance}}}), encoding="utf-8")
     return root
 
 
@@ -63,6 +66,7 @@ def test_page_has_cis_n_flag_common_subset_pairs_provenance_and_published(tree, 
     assert "easyedit-kne knowedit method=ROME data=zsre data.size=100" in page
     assert "easyedit-kne knowedit sweep=table" in page
     assert "| python 3.11.7, torch 2.13.0+cpu | Test CPU, 2 cores" in page
+    assert "- 770 texts from KnowEdit WikiBio passages: ROME / ZsRE" in page  # MEMIT/ROME statistics, stated
     assert "published numbers for another model" in page and "| ZsRE | KNE | 97.75 | 58.02 | 76.85 | 571.93 |" in page
     assert "| WikiData_counterfact | SERAC | 99.99 | 76.07 | 98.96 | 549.91 |" in page
     text = readme.read_text(encoding="utf-8")
