@@ -42,6 +42,10 @@ def tree(tmp_path) -> Path:
     _write_run(root / "zsre" / "KNE", "KNE", "zsre", [_case(i, 1.0 if i % 4 else 0.0, 1.0) for i in range(8)])
     _write_run(root / "zsre" / "FT-L", "FT-L", "zsre", [_case(i, 0.0 if i % 2 else 1.0, 0.5) for i in range(8)])
     _write_run(root / "zsre" / "ROME", "ROME", "zsre", [_case(i, 1.0, 0.0) for i in range(3)])  # fewer items
+    # a run written before summaries carried the method config's name: its summary says KNE, run_config KNE-paper
+    _write_run(root / "zsre" / "KNE-paper", "KNE", "zsre", [_case(i, 1.0, 0.25) for i in range(8)])
+    (root / "zsre" / "KNE-paper" / "run_config.json").write_text(
+        json.dumps({"sha256": "y", "config": {"method": "KNE-paper"}}), encoding="utf-8")
     covariance = {"source": "KnowEdit WikiBio passages", "mom2_dataset": "local_x", "n_texts": 770}
     (root / "zsre" / "ROME" / "run_config.json").write_text(
         json.dumps({"sha256": "x", "config": {"method_extra": {"covariance_texts": covariance}}}), encoding="utf-8")
@@ -57,12 +61,13 @@ def test_page_has_cis_n_flag_common_subset_pairs_provenance_and_published(tree, 
     assert "the protocol's test split (items [0, 100)" in page and "NOT the protocol" not in page
     all_items = page.split("## All items of each run")[1].split("## The common subset")[0]
     assert "| KNE | 8 | 75.0 [" in all_items and "| FT-L | 8 | 50.0 [" in all_items
+    assert "| KNE-paper | 8 | 100.0 [" in all_items and "(zsre/KNE" not in page  # its config's name, no clash
     assert f"| ROME | 3 {docs_table.FEWER} | 100.0 [" in all_items  # flagged: 3 items next to 8
     assert f"{docs_table.FEWER} fewer items than the largest cell of this table (N = 8)" in all_items
     common = page.split("## The common subset")[1].split("## Paired with KNE")[0]
     assert "| KNE | 3 | 66.7 [" in common and docs_table.FEWER + " fewer" not in common  # items 0, 1, 2
     paired = page.split("## Paired with KNE")[1].split("## How these numbers")[0]
-    assert "| FT-L | ZsRE | " in paired and "(n=3;" in paired
+    assert "| FT-L | ZsRE | " in paired and "(n=3;" in paired and "| KNE-paper | ZsRE | " in paired
     assert "easyedit-kne knowedit method=ROME data=zsre data.size=100" in page
     assert "easyedit-kne knowedit sweep=table" in page
     assert "| python 3.11.7, torch 2.13.0+cpu | Test CPU, 2 cores" in page

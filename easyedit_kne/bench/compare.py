@@ -35,7 +35,7 @@ from pathlib import Path
 DATASETS = {"zsre": "ZsRE", "counterfact": "WikiData_counterfact", "recent": "WikiData_recent", "wikibio": "WikiBio"}
 METRICS = ("Edit Succ.", "Portability", "Locality", "Fluency")
 EXTRA = ("Exact Match", "Rephrase")
-METHOD_ORDER = ("FT-L", "FT-M", "LoRA", "AdaLoRA", "ROME", "MEMIT", "FiNE", "KNE")
+METHOD_ORDER = ("FT-L", "FT-M", "LoRA", "AdaLoRA", "ROME", "MEMIT", "FiNE-paper", "FiNE", "KNE-paper", "KNE")
 CSV_FIELDS = ("label", "method", "model", "dataset", "edit_mode", "batch_size", "n_cases", "n_expected", "complete",
               *METRICS, *EXTRA, "localization_s", "edit_s", "evaluation_s", "edit_s_per_case", "path")
 
@@ -107,11 +107,21 @@ def _dataset(s: dict) -> str:
     return str((s.get("data") or {}).get("type") or "?")
 
 
+def _method_name(run: dict) -> str:
+    """The method config's name (KNE-paper, FiNE-paper): run_config.json's, which runs written before the summary
+    carried it (their summary says KNE / FiNE) have too; else the summary's."""
+    try:
+        cfg = json.loads((Path(run["path"]) / "run_config.json").read_text(encoding="utf-8")).get("config") or {}
+    except (OSError, ValueError, KeyError, TypeError):
+        cfg = {}
+    return str(cfg.get("method") or run["summary"]["method"])
+
+
 def label_runs(runs: list[dict]) -> None:
     models = {r["summary"].get("model") for r in runs}
     for r in runs:
         s = r["summary"]
-        r["label"] = s["method"] + (f" [{s.get('model')}]" if len(models) > 1 else "")
+        r["label"] = _method_name(r) + (f" [{s.get('model')}]" if len(models) > 1 else "")
     groups: dict = {}
     for r in runs:
         groups.setdefault((r["label"], _dataset(r["summary"])), []).append(r)

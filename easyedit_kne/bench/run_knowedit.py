@@ -187,7 +187,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     runner.context = {
         "case_ids": run_ids, "started": started, "prepare_seconds": round(prep_s, 3),
         "localization_seconds": 0.0 if loc_info.get("split") == "edited" else float(loc_info.get("seconds") or 0),
-        "method": method.name, "model": str(cfg.model.name), "model_path": model_path,
+        "method": str(cfg.method.name), "model": str(cfg.model.name), "model_path": model_path,  # KNE-paper, not KNE
         "data": {**fingerprint["data"], "records_in_file": n_file},
         "edit_mode": str(cfg.edit_mode), "batch_size": chunk_size,
         "hparams": method.hparams_dict(), "hparams_source": method.hparams_source,
