@@ -123,6 +123,40 @@ def test_single_mode_cases_summary_and_disjoint_localization(tiny_run_inputs, tm
     assert metrics(again) == metrics(summary)
 
 
+def test_an_interrupted_localization_resumes_from_its_per_request_scores(tiny_run_inputs, tmp_path, monkeypatch):
+    from easyedit_kne import attribution
+    from easyedit_kne.bench.ours import LOCALIZATION_CACHE
+    from easyedit_kne.ensemble import KnowledgeNeuronalEnsemble
+
+    args = ("+method.hparams.ig_request_batch=1", "data.size=1")  # one request per attribution pass
+    run(tiny_run_inputs, tmp_path / "ref", *args)
+    real, calls = attribution.attribute_requests, []
+
+    def interrupted_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(attribution, "attribute_requests", interrupted_at_the_third)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_run_inputs, out, *args)
+    assert len(list((out / LOCALIZATION_CACHE).rglob("*.safetensors"))) == 2 and not (out / cl.ENSEMBLE).exists()
+    resumed = run(tiny_run_inputs, out, *args)
+    assert len(calls) == 5  # 2 before the interruption, the interrupted one, the 2 left after it
+    ens, ref = (KnowledgeNeuronalEnsemble.load(p / cl.ENSEMBLE) for p in (out, tmp_path / "ref"))
+    assert ens.metadata["cache"] == {"hits": 2, "misses": 2}
+    assert ens.neurons.keys() == ref.neurons.keys()
+    assert all(torch.equal(ens.neurons[k], ref.neurons[k]) for k in ref.neurons)
+    assert not (out / LOCALIZATION_CACHE).exists() and resumed["n_cases"] == 1  # scores dropped once saved
+    # with hparams.cache_dir set, that cache is used and kept (and the run folder gets none)
+    user_cache = tmp_path / "user_cache"
+    run(tiny_run_inputs, tmp_path / "with_cache", *args, f"method.hparams.cache_dir={user_cache}")
+    assert len(list(user_cache.rglob("*.safetensors"))) == 4
+    assert not (tmp_path / "with_cache" / LOCALIZATION_CACHE).exists()
+
+
 def test_batch_mode_resume_after_stop_mid_chunk(tiny_run_inputs, tmp_path):
     args = ("edit_mode=batch", "batch_size=3")
     full = run(tiny_run_inputs, tmp_path / "full", *args)

@@ -41,6 +41,9 @@ CSV_FIELDS = ("label", "method", "model", "dataset", "edit_mode", "batch_size", 
 
 
 def find_summaries(roots: list[str]) -> list[dict]:
+    """Every run under `roots`: {"summary", "path", "rel", "config" (its run_config.json's, {} if none)}."""
+    from .shards import read_run_config
+
     runs = []
     for root in roots:
         root_path = Path(root)
@@ -61,7 +64,8 @@ def find_summaries(roots: list[str]) -> list[dict]:
                 print(f"warning: skipping {f}: not a run_knowedit.py summary", file=sys.stderr)
                 continue
             rel = os.path.relpath(f.parent, base)
-            runs.append({"summary": s, "path": str(f.parent), "rel": "" if rel == "." else rel})
+            runs.append({"summary": s, "path": str(f.parent), "rel": "" if rel == "." else rel,
+                         "config": read_run_config(f.parent)})
     return runs
 
 
@@ -108,13 +112,9 @@ def _dataset(s: dict) -> str:
 
 
 def _method_name(run: dict) -> str:
-    """The method config's name (KNE-paper, FiNE-paper): run_config.json's, which runs written before the summary
-    carried it (their summary says KNE / FiNE) have too; else the summary's."""
-    try:
-        cfg = json.loads((Path(run["path"]) / "run_config.json").read_text(encoding="utf-8")).get("config") or {}
-    except (OSError, ValueError, KeyError, TypeError):
-        cfg = {}
-    return str(cfg.get("method") or run["summary"]["method"])
+    """The method config's name (KNE-paper, FiNE-paper): run_config.json's (read once by find_summaries), which
+    runs written before the summary carried it (their summary says KNE / FiNE) have too; else the summary's."""
+    return str((run.get("config") or {}).get("method") or run["summary"]["method"])
 
 
 def label_runs(runs: list[dict]) -> None:

@@ -15,13 +15,11 @@ README_START and README_END is replaced by a short table pointing to the page. N
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
 from easyedit_kne.stats import bootstrap_ci, format_ci, per_case_values
 
-from .case_log import RUN_CONFIG
 from .compare import DATASETS, _dataset, _order, find_summaries, label_runs, restrict_to_common
 from .compare_stats import attach_case_values, paired_cell, paired_rows
 from .published import published_markdown
@@ -128,11 +126,7 @@ def covariance_lines(runs: list[dict]) -> list[str]:
     """Where each run's covariance statistics (MEMIT, ROME with mom2_adjustment) came from, from its run_config."""
     found: dict = {}
     for r in runs:
-        try:
-            cfg = json.loads((Path(r["path"]) / RUN_CONFIG).read_text(encoding="utf-8")).get("config") or {}
-        except (OSError, ValueError):
-            continue
-        texts = (cfg.get("method_extra") or {}).get("covariance_texts")
+        texts = ((r.get("config") or {}).get("method_extra") or {}).get("covariance_texts")
         if texts:
             key = (texts.get("n_texts"), texts.get("source"))
             found.setdefault(key, []).append(f"{r['label']} / {DATASETS.get(_dataset(r['summary']), '?')}")

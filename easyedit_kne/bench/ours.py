@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -14,6 +15,8 @@ from omegaconf import OmegaConf
 from . import method_base
 from .case_log import ENSEMBLE
 from .requests import _resolve
+
+LOCALIZATION_CACHE = "localization_cache"  # in the run folder while a shared ensemble is localized (not committed)
 
 
 # --------------------------------------------------------------------------------------------- methods
@@ -55,11 +58,14 @@ class KNEMethod(method_base.WeightsCopyMethod):
             reused, seconds = True, float(ensemble.metadata.get("seconds", 0.0))
         else:
             start = time.perf_counter()
-            ensemble = localize(model, tok, self.loc_requests, self.hparams, progress=progress)
+            ensemble = localize(model, tok, self.loc_requests, self.hparams, cache=self._resume_cache(out_dir),
+                                progress=progress)
             seconds = time.perf_counter() - start
             ensemble.metadata["seconds"] = round(seconds, 3)
             ensemble.save(path)
             reused = False
+            if not self.hparams.cache_dir:  # the ensemble holds what the run needs; drop the per-request scores
+                shutil.rmtree(Path(out_dir) / LOCALIZATION_CACHE, ignore_errors=True)
         ensemble.check_model(model)
         if ensemble.num_neurons == 0:
             raise ValueError("KNE: the ensemble selected no neuron; raise p or check the localization items")
@@ -69,6 +75,16 @@ class KNEMethod(method_base.WeightsCopyMethod):
                          "parameter_fraction": ensemble.parameter_fraction,
                          "modules": len(ensemble.neurons)}
         return {"localization": self.loc_info}
+
+    def _resume_cache(self, out_dir):
+        """Per-request attribution scores under the run folder while it localizes, so an interrupted localization
+        (200 items take about an hour on a CPU) resumes where it stopped. None when hparams.cache_dir is set:
+        localize then uses (and keeps) that cache. Not part of the run's fingerprint."""
+        if self.hparams.cache_dir:
+            return None
+        from easyedit_kne.cache import ScoreCache
+
+        return ScoreCache(str(Path(out_dir) / LOCALIZATION_CACHE))
 
     def apply_kwargs(self) -> dict:
         from easyedit_kne.kne_main import EditStats

@@ -93,7 +93,8 @@ def _diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} vs {b!r}"]
 
 
-def _run_config(path: Path) -> dict:
+def read_run_config(path: Path) -> dict:
+    """The "config" of a run folder's run_config.json ({} when it has none or it cannot be read)."""
     try:
         return json.loads((path / "run_config.json").read_text(encoding="utf-8")).get("config", {})
     except (OSError, ValueError):
@@ -133,7 +134,8 @@ def _check_group(parent: Path, members: list[dict]) -> None:
     ref = members[0]
     for m in members[1:]:
         if m["summary"].get("run_config_sha256") != ref["summary"].get("run_config_sha256"):
-            changes = _diff(_run_config(Path(ref["path"])), _run_config(Path(m["path"])))
+            changes = _diff(ref.get("config") or read_run_config(Path(ref["path"])),
+                            m.get("config") or read_run_config(Path(m["path"])))
             raise ValueError(
                 f"{where} {Path(ref['path']).name} and {Path(m['path']).name} were run with different configs "
                 f"({'; '.join(changes[:8]) or 'see their run_config.json'}): rerun the odd shard with the same "
@@ -180,7 +182,8 @@ def merge_group(parent: Path, members: list[dict]) -> dict:
                         "runs": [{"index": m["summary"]["shard"]["index"], "path": m["path"],
                                   "n_cases": m["summary"].get("n_cases"), "complete": m["summary"].get("complete"),
                                   "timings": m["summary"].get("timings")} for m in members]}
-    return {"summary": merged, "path": str(parent), "rel": os.path.dirname(members[0]["rel"]), "cases": records}
+    return {"summary": merged, "path": str(parent), "rel": os.path.dirname(members[0]["rel"]), "cases": records,
+            "config": members[0].get("config") or {}}
 
 
 def merge_shard_runs(runs: list[dict]) -> list[dict]:
