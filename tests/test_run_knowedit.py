@@ -157,6 +157,36 @@ def test_an_interrupted_localization_resumes_from_its_per_request_scores(tiny_ru
     assert not (tmp_path / "with_cache" / LOCALIZATION_CACHE).exists()
 
 
+def test_a_run_resumes_after_hparams_fields_were_added_at_their_defaults(tiny_run_inputs, tmp_path):
+    import hashlib
+
+    from easyedit_kne.hparams import KNEHyperParams
+
+    run(tiny_run_inputs, tmp_path, "data.size=1")
+    path = tmp_path / cl.RUN_CONFIG
+    current = json.loads(path.read_text(encoding="utf-8"))["config"]
+
+    def written_before(*fields):  # the run_config of a run written before these fields existed
+        config = json.loads(json.dumps(current))
+        for name in fields:
+            del config["hparams"][name]
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        path.write_text(json.dumps({"sha256": digest, "config": config}), encoding="utf-8")
+        return path.read_text(encoding="utf-8")
+
+    assert current["hparams"]["kl_subject_count"] == KNEHyperParams.kl_subject_count  # at its default
+    before = written_before("kl_subject_count", "nullspace")
+    summary = run(tiny_run_inputs, tmp_path, "data.size=1")  # accepted; the file is left as it was
+    assert path.read_text(encoding="utf-8") == before
+    assert summary["run_config_sha256"] == json.loads(before)["sha256"]
+    assert current["hparams"]["p"] != KNEHyperParams.p  # KNE_FAST sets p=5: not the default
+    written_before("p")
+    with pytest.raises(ValueError, match="another config"):
+        run(tiny_run_inputs, tmp_path, "data.size=1")
+    assert rk.without_added_defaults({"hparams": {"a": 1}}, {"hparams": {"a": 1, "b": 0, "c": 2}},
+                                     {"b": 0, "c": 0}) == {"hparams": {"a": 1, "c": 2}}
+
+
 def test_batch_mode_resume_after_stop_mid_chunk(tiny_run_inputs, tmp_path):
     args = ("edit_mode=batch", "batch_size=3")
     full = run(tiny_run_inputs, tmp_path / "full", *args)

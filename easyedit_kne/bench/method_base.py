@@ -51,6 +51,19 @@ def hparams_as_dict(hparams) -> dict:
     return _jsonable(dict(vars(hparams)))
 
 
+def hparams_defaults(hparams) -> dict:
+    """{field: its default} of a dataclass hparams (JSON form); {} for any other kind (EasyEdit's)."""
+    if not dataclasses.is_dataclass(hparams):
+        return {}
+    out = {}
+    for f in dataclasses.fields(hparams):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return _jsonable(out)
+
+
 def apply_overrides(config: dict, overrides: dict | None) -> dict:
     """config updated with the non-null values of `overrides` (Hydra's `method.hparams`)."""
     out = dict(config)
@@ -78,6 +91,11 @@ class EditMethod:
 
     def hparams_dict(self) -> dict:
         return hparams_as_dict(self.hparams)
+
+    def hparams_defaults(self) -> dict:
+        """Defaults of the hparams fields: a field added after a run was written, at its default, does not
+        change that run's numbers (the resume check accepts it)."""
+        return hparams_defaults(self.hparams)
 
     def fingerprint_extra(self) -> dict:
         """Result-relevant settings beyond the hparams (part of the runner's resume check)."""

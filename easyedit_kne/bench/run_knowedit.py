@@ -99,8 +99,19 @@ def _diff(a, b, prefix="") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
-def check_run_config(out: Path, fingerprint: dict) -> str:
-    """Write run_config.json, or compare with the one there; returns the fingerprint hash."""
+def without_added_defaults(old: dict, new: dict, defaults: dict) -> dict:
+    """`new` less the hparams fields that `old` lacks and `new` holds at their default (fields added to the
+    hparams after `old` was written: at their default they change nothing)."""
+    old_hp, new_hp = old.get("hparams"), new.get("hparams")
+    if not isinstance(old_hp, dict) or not isinstance(new_hp, dict):
+        return new
+    kept = {k: v for k, v in new_hp.items() if k in old_hp or k not in defaults or v != defaults[k]}
+    return dict(new, hparams=kept)
+
+
+def check_run_config(out: Path, fingerprint: dict, defaults: dict | None = None) -> str:
+    """Write run_config.json, or compare with the one there; returns the fingerprint hash (the stored one when
+    the two differ only by hparams fields added since, at their `defaults`: the file is then left as it is)."""
     from easyedit_kne.atomic import write_json_atomic
 
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
@@ -108,8 +119,12 @@ def check_run_config(out: Path, fingerprint: dict) -> str:
     if path.is_file():
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
+        new = json.loads(json.dumps(fingerprint))
+        if old.get("sha256") != digest and old.get("config") == without_added_defaults(
+                old.get("config") or {}, new, defaults or {}):
+            return str(old["sha256"])
         if old.get("sha256") != digest:
-            changes = _diff(old.get("config", {}), json.loads(json.dumps(fingerprint)))
+            changes = _diff(old.get("config", {}), new)
             raise ValueError(
                 f"{out} holds a run with another config ({'; '.join(changes[:8]) or 'see ' + str(path)}); "
                 "pick another output_dir, or overwrite=true to start over")
@@ -174,7 +189,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         raise ValueError(f"{method.name} edits one request at a time (EasyEdit: not batchable); use batch_size=1")
     fingerprint = portable.portable_fingerprint(run_fingerprint(cfg, method, model_path), cfg, out, model, model_path)
     portable.migrate_run_config(out, fingerprint, cfg, model_path)
-    digest = check_run_config(out, fingerprint)
+    digest = check_run_config(out, fingerprint, method.hparams_defaults())
 
     runner = Runner(cfg, out)
     runner.log.load()
