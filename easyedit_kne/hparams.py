@@ -192,6 +192,7 @@ class KNEHyperParams(HyperParamsBase):
     kl_prompt_weight: float = 0.0  # KL to the pre-edit distribution on the edit prompt's own positions
     kl_subject_weight: float = 0.0  # KL to the pre-edit next token on the prompt with its subject swapped
     kl_subject_count: int = 4  # swapped entities per request (from easyedit_kne/data/entities.txt)
+    kl_essence_weight: float = 0.0  # KL to the pre-edit next token after "{subject} is a", "{subject} was", ...
     nullspace: bool = False  # project the update onto the null space of preserved-key statistics
     nullspace_text: str | None = None  # .txt (one text a line) or KnowEdit JSON; None: KnowEdit WikiBio
     nullspace_samples: int = 200  # texts used for the statistics
@@ -210,7 +211,7 @@ class KNEHyperParams(HyperParamsBase):
                      "num_steps", "seed", "kl_subject_count", "nullspace_samples"):
             setattr(self, name, _as_number(name, getattr(self, name), int))
         for name in ("p", "lr", "weight_decay", "alpha", "t_loss", "kl_prompt_weight", "kl_subject_weight",
-                     "nullspace_threshold"):
+                     "kl_essence_weight", "nullspace_threshold"):
             setattr(self, name, _as_number(name, getattr(self, name), float))
         _check_range("batch_size", self.batch_size, 1, None, allowed="an integer >= 1")
         _check_range("max_length", self.max_length, 2, None, allowed="an integer >= 2")
@@ -230,6 +231,8 @@ class KNEHyperParams(HyperParamsBase):
         _check_range("kl_subject_weight", self.kl_subject_weight, 0, None,
                      allowed="a finite number >= 0 (0 = off)")
         _check_range("kl_subject_count", self.kl_subject_count, 1, None, allowed="an integer >= 1")
+        _check_range("kl_essence_weight", self.kl_essence_weight, 0, None,
+                     allowed="a finite number >= 0 (0 = off)")
         _check_range("nullspace_samples", self.nullspace_samples, 1, None, allowed="an integer >= 1")
         _check_range("nullspace_threshold", self.nullspace_threshold, 0, 1, lo_open=True,
                      allowed="0 < threshold <= 1 (fraction of the largest eigenvalue)")

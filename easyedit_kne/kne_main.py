@@ -126,8 +126,9 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
     positions = prediction_positions(batch.labels)
     stats.trained_holds = False
     reg = Regularizer(tok, requests or [], batch, hparams, device)
-    if reg.subject_weight and (tok is None or requests is None):
-        raise ValueError("kl_subject_weight needs the tokenizer and the requests (pass tok= and requests=)")
+    if (reg.subject_weight or reg.essence_weight) and (tok is None or requests is None):
+        raise ValueError("kl_subject_weight and kl_essence_weight need the tokenizer and the requests (pass tok= "
+                         "and requests=)")
     projs = {}
     if getattr(hparams, "nullspace", False):
         from .nullspace import project_, projectors
@@ -183,6 +184,8 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
                 loss = loss + reg.prompt_term(all_logits[:, _columns(reg.prompt_pos, main_pos)])
             if reg.subject is not None:
                 loss = loss + reg.subject_term(logits_at)
+            if reg.essence is not None:
+                loss = loss + reg.essence_term(logits_at)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -8,7 +8,12 @@
   taken from any evaluation data); KL(p_pre ‖ p_post) of the next-token distribution after each swapped
   prompt, averaged. This asks the update to fire for this subject only: (s', r) keeps its answer.
 
-Both references p_pre are computed once before training, with the model unedited. The entities chosen
+* `kl_essence_weight`: KL(p_pre ‖ p_post) of the next-token distribution after short prompts about the
+  subject alone (ESSENCE_TEMPLATES: "{subject} is a", ...; ROME's "essence" idea), averaged. This asks the
+  edit to leave what the model says about the subject in other relations as it was (KnowEdit's
+  Forgetfulness locality asks exactly that). It needs request["subject"] (not necessarily in the prompt).
+
+All references p_pre are computed once before training, with the model unedited. The entities chosen
 for a request depend only on the subject and the seed (a stable hash), so runs are reproducible.
 """
 
@@ -51,6 +56,19 @@ def swapped_prompts(requests, count: int, seed: int) -> list[str]:
     return out
 
 
+ESSENCE_TEMPLATES = ("{} is a", "{} was", "{} has")  # the subject alone, no relation of any evaluation item
+
+
+def essence_prompts(requests) -> list[str]:
+    """ESSENCE_TEMPLATES filled with each request's subject (requests without a subject contribute nothing)."""
+    out = []
+    for r in requests:
+        subject = r.get("subject")
+        if isinstance(subject, str) and subject.strip():
+            out += [t.format(subject.strip()) for t in ESSENCE_TEMPLATES]
+    return out
+
+
 def warn_missing_subjects(requests, weight: float) -> list[int]:
     """Warn (and return their indices) about requests the subject term cannot use: no `subject`, or one
     that does not occur in the prompt. Silent skipping would report a regularized edit that was not."""
@@ -89,7 +107,11 @@ class SubjectBatch:
 
 
 def subject_batch(tok, requests, count: int, seed: int, device) -> SubjectBatch | None:
-    prompts = swapped_prompts(requests, count, seed)
+    return prompt_batch(tok, swapped_prompts(requests, count, seed), device)
+
+
+def prompt_batch(tok, prompts: list[str], device) -> SubjectBatch | None:
+    """Right-padded prompts and the index of each one's last token (None for no prompt)."""
     if not prompts:
         return None
     ids = [tok(p)["input_ids"] for p in prompts]
@@ -117,14 +139,24 @@ class Regularizer:
         if self.subject_weight:
             warn_missing_subjects(requests, self.subject_weight)
             self.subject = subject_batch(tok, requests, int(hparams.kl_subject_count), hparams.seed, device)
+        self.essence_weight = float(getattr(hparams, "kl_essence_weight", 0.0))
+        self.essence = None
+        if self.essence_weight:
+            missing = [i for i, r in enumerate(requests) if not isinstance(r.get("subject"), str)
+                       or not r["subject"].strip()]
+            if missing:
+                warnings.warn(f"kl_essence_weight={self.essence_weight}: request(s) {missing} have no `subject`, so "
+                              "the essence term leaves them unregularized; give each request its subject or set "
+                              "kl_essence_weight: 0", stacklevel=2)
+            self.essence = prompt_batch(tok, essence_prompts(requests), device)
         self.prompt_ref = None
 
     @property
     def active(self) -> bool:
-        return bool(self.prompt_weight) or self.subject is not None
+        return bool(self.prompt_weight) or self.subject is not None or self.essence is not None
 
-    def _subject_logits(self, logits_at) -> torch.Tensor:
-        s = self.subject
+    def _subject_logits(self, logits_at, s: SubjectBatch | None = None) -> torch.Tensor:
+        s = s if s is not None else self.subject
         pos = torch.unique(s.last)
         logits = logits_at(s.input_ids, s.attention_mask, pos)  # (rows, len(pos), V)
         col = torch.searchsorted(pos, s.last)
@@ -137,9 +169,14 @@ class Regularizer:
             self.prompt_ref = torch.log_softmax(logits.float(), -1)
         if self.subject is not None:
             self.subject.ref_logp = torch.log_softmax(self._subject_logits(logits_at).float(), -1)
+        if self.essence is not None:
+            self.essence.ref_logp = torch.log_softmax(self._subject_logits(logits_at, self.essence).float(), -1)
 
     def prompt_term(self, logits_at_prompt: torch.Tensor) -> torch.Tensor:
         return self.prompt_weight * kl(self.prompt_ref, logits_at_prompt, self.prompt_mask)
 
     def subject_term(self, logits_at) -> torch.Tensor:
         return self.subject_weight * kl(self.subject.ref_logp, self._subject_logits(logits_at))
+
+    def essence_term(self, logits_at) -> torch.Tensor:
+        return self.essence_weight * kl(self.essence.ref_logp, self._subject_logits(logits_at, self.essence))

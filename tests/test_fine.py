@@ -1,6 +1,7 @@
 """FiNE (easyedit_kne.fine): hparams, contribution scores by hand, the edit on every architecture, the
 fact model, and EasyEdit's contract (weights_copy, copy=True, no hooks, failures leave the model as it was)."""
 
+import copy
 import glob
 import math
 import os
@@ -301,6 +302,33 @@ def test_fact_model_edits_succeed_and_keep_other_facts(fact_model_copy):
     stats = FiNEStats()
     apply_fine_to_model(fm.model, fm.tok, _requests(edited), hp, stats=stats)
     assert sum(tm.fact_hits(fm.model, fm.tok, edited, target_key="target_new")) == len(edited), stats.losses
+
+
+def test_kl_essence_keeps_what_follows_the_subject_alone(fact_model):
+    from easyedit_kne.regularizers import essence_prompts
+
+    fm = fact_model
+    reqs = _requests(fm.facts[:2])
+    for r, f in zip(reqs, fm.facts[:2], strict=True):
+        r["subject"] = f["subject"]
+    prompts = essence_prompts(reqs)
+
+    @torch.no_grad()
+    def last_logp(model):
+        return [torch.log_softmax(model(input_ids=fm.tok(p, return_tensors="pt")["input_ids"]).logits[0, -1].float(),
+                                  -1) for p in prompts]
+
+    ref = last_logp(fm.model)
+    drift = {}
+    for weight in (0.0, 5.0):
+        model = copy.deepcopy(fm.model)
+        hp = FiNEHyperParams(**dict(FACT_HP, epochs=15, early_stop_prob=None, kl_essence_weight=weight))
+        apply_fine_to_model(model, fm.tok, reqs, hp)
+        drift[weight] = float(torch.stack([(r.exp() * (r - n)).sum() for r, n in zip(ref, last_logp(model),
+                                                                                     strict=True)]).mean())
+    assert drift[5.0] < 0.7 * drift[0.0], drift
+    with pytest.raises(ValueError, match="kl_essence_weight"):
+        FiNEHyperParams(**dict(FACT_HP, kl_essence_weight=-0.5))
 
 
 def test_selection_excludes_the_last_layers(fact_model_copy):

@@ -13,7 +13,7 @@ import torch
 
 from easyedit_kne import EditStats, KNEHyperParams, apply_kne_to_model, localize
 from easyedit_kne.kne_main import build_updates, make_optimizer
-from easyedit_kne.regularizers import entities, swap_entities, swapped_prompts
+from easyedit_kne.regularizers import ESSENCE_TEMPLATES, entities, essence_prompts, swap_entities, swapped_prompts
 
 BASE = dict(model_name="fact-model", ig_steps=4, p=5.0, num_steps=12, lr=0.02, t_loss=0.0)
 
@@ -107,6 +107,26 @@ def test_kl_subject_keeps_swapped_prompts(setup):
     d_plain = _mean_kl(ref, _next_logp(plain, fm.tok, prompts), True)
     d_kl = _mean_kl(ref, _next_logp(kl_on, fm.tok, prompts), True)
     assert d_kl < 0.7 * d_plain, (d_kl, d_plain)
+
+
+def test_kl_essence_keeps_what_follows_the_subject_alone(setup):
+    fm, reqs, _ = setup
+    prompts = essence_prompts(reqs)
+    n = len(ESSENCE_TEMPLATES)
+    assert len(prompts) == n * len(reqs)
+    assert all(r["subject"] in p for i, r in enumerate(reqs) for p in prompts[i * n:(i + 1) * n])
+    assert prompts[0] == ESSENCE_TEMPLATES[0].format(reqs[0]["subject"])
+    ref = _next_logp(fm.model, fm.tok, prompts)
+    plain, _ = _edit(setup, lr=0.05)
+    kl_on, _ = _edit(setup, lr=0.05, kl_essence_weight=5.0)
+    d_plain = _mean_kl(ref, _next_logp(plain, fm.tok, prompts), True)
+    d_kl = _mean_kl(ref, _next_logp(kl_on, fm.tok, prompts), True)
+    assert d_kl < 0.7 * d_plain, (d_kl, d_plain)
+    with pytest.raises(ValueError, match="kl_essence_weight"):
+        KNEHyperParams(**BASE, kl_essence_weight=-1)
+    no_subject = [{k: v for k, v in r.items() if k != "subject"} for r in reqs]
+    with pytest.warns(UserWarning, match=r"kl_essence_weight=1.0: request\(s\) \[0, 1\] have no `subject`"):
+        _edit((fm, no_subject, setup[2]), kl_essence_weight=1.0)
 
 
 def test_kl_prompt_keeps_prompt_positions(setup):

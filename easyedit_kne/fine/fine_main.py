@@ -154,7 +154,9 @@ def fine_loss(logits: torch.Tensor, batch: EncodedBatch, masks: LossMasks, origi
 
 
 def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list[SparseUpdate], hparams,
-               stats: FiNEStats, progress: bool = False) -> None:
+               stats: FiNEStats, progress: bool = False, tok=None, requests=None) -> None:
+    from ..regularizers import Regularizer
+
     device = model_device(model)
     batch = batch.to(device)
     masks = LossMasks.from_batch(batch)
@@ -162,12 +164,25 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
     blocks = [u.block for u in updates]
     opt = torch.optim.Adam(blocks, lr=hparams.lr, weight_decay=hparams.weight_decay)
     stats.trained_holds = False
+    essence = None
+    if hparams.kl_essence_weight:  # only the essence term: FiNE's own KL is fine_loss's
+        if tok is None or requests is None:
+            raise ValueError("kl_essence_weight needs the tokenizer and the requests (pass tok= and requests=)")
+        essence = Regularizer(tok, requests, batch, hparams, device)
+
+    def logits_at(ids, mask, pos):
+        return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, pos.to(device)]
+
     with kept_flags(model, freeze=True), Hooks() as hooks, torch.enable_grad():
+        if essence is not None and essence.active:
+            essence.reference(logits_at, batch)  # before the hooks: the unedited model
         for u in updates:
             hooks.forward(u.module, _hook(u))
         for step in tqdm(range(hparams.epochs), desc="FiNE edit", leave=False, disable=not progress):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
             loss, terms, min_prob = fine_loss(logits, batch, masks, original_logp, blocks, hparams)
+            if essence is not None and essence.active:
+                loss = loss + essence.essence_term(logits_at)
             value = float(loss.detach())
             stats.losses.append(value)
             for name, v in terms.items():
@@ -229,14 +244,14 @@ def apply_fine_to_model(model, tok, requests, hparams, copy: bool = False, retur
         stats.parameter_fraction = sum(len(u.index) * u.block.shape[1] for u in updates) / max(1, total)
         phase = "training"
         start = time.perf_counter()
-        train_fine(model, batch, location, updates, hparams, stats, progress)
+        train_fine(model, batch, location, updates, hparams, stats, progress, tok, requests)
         stats.train_seconds = time.perf_counter() - start
         phase = "merge"
         recorder = EditRecorder(model, updates) if return_edit else None  # reads the base slices
 
         def retrain():
             more = build_fine_updates(location, hparams.delta_per)
-            train_fine(model, batch, location, more, hparams, stats, progress)
+            train_fine(model, batch, location, more, hparams, stats, progress, tok, requests)
             return more
 
         weights_copy = merge_checked(model, batch, updates, lambda check: edit_holds(check, hparams), retrain,

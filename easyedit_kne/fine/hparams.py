@@ -88,6 +88,7 @@ class FiNEHyperParams(HyperParamsBase):
     alpha: float = 1.0  # weight of KL(original || edited) on the prompt
     beta: float = 10.0  # weight of the repetition penalty
     gamma: float = 0.1  # weight of the L2 norm of the deltas
+    kl_essence_weight: float = 0.0  # not the authors': KL after "{subject} is a", ... (easyedit_kne.regularizers)
     early_stop_prob: float | None = 0.9  # stop once every target token's probability exceeds it
     weight_decay: float = 0.0
     seed: int = 42
@@ -106,7 +107,7 @@ class FiNEHyperParams(HyperParamsBase):
             raise ValueError("model_name is required: an HF path/id, a config name, or a (model, tok) tuple")
         for name in ("batch_size", "max_length", "neuron_num", "last_layer", "epochs", "seed"):
             setattr(self, name, _as_number(name, getattr(self, name), int))
-        for name in ("lr", "alpha", "beta", "gamma", "weight_decay"):
+        for name in ("lr", "alpha", "beta", "gamma", "weight_decay", "kl_essence_weight"):
             setattr(self, name, _as_number(name, getattr(self, name), float))
         _check_range("batch_size", self.batch_size, 1, None, allowed="an integer >= 1")
         _check_range("max_length", self.max_length, 2, None, allowed="an integer >= 2")
@@ -115,7 +116,7 @@ class FiNEHyperParams(HyperParamsBase):
                      allowed="an integer >= 0 (how many final blocks are excluded), below the number of blocks")
         _check_range("epochs", self.epochs, 1, None, allowed="an integer >= 1")
         _check_range("lr", self.lr, 0, None, lo_open=True, allowed="a finite number > 0")
-        for name in ("alpha", "beta", "gamma", "weight_decay"):
+        for name in ("alpha", "beta", "gamma", "weight_decay", "kl_essence_weight"):
             _check_range(name, getattr(self, name), 0, None, allowed="a finite number >= 0")
         if self.early_stop_prob is not None:
             self.early_stop_prob = _as_number("early_stop_prob", self.early_stop_prob, float)
