@@ -110,3 +110,24 @@ def test_run_roots_hold_the_resolved_and_the_written_form_of_a_linked_folder(tmp
     assert (str(real.resolve()), "${knowedit_dir}") in roots
     assert (str(link), "${knowedit_dir}") in roots
     assert portable.portable_text(str(link / "zsre" / "a.json"), roots) == "${knowedit_dir}/zsre/a.json"
+
+
+def test_committed_result_files_hold_no_machine_path():
+    """Every committed file under benchmarks/ (JSON, JSON lines, safetensors headers, and the text files beside
+    them) is path-free, so a clone on another machine reads and resumes them as they are."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout: the committed files are those `git ls-files benchmarks` lists")
+    files = subprocess.run(["git", "ls-files", "benchmarks"], cwd=repo, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert files, "git ls-files found no committed result"
+    hits = []
+    for name in files:
+        f = repo / name
+        if f.suffix in (".json", ".jsonl", ".safetensors"):
+            hits += portable.audit_folder_files([f])
+        elif f.suffix in (".md", ".yaml", ".yml", ".txt", ".csv"):
+            hits += [f"{name}: {m.group(0)}" for m in portable.ABSOLUTE.finditer(f.read_text(encoding="utf-8"))]
+    assert hits == [], "\n".join(hits[:20])

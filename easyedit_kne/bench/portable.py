@@ -121,10 +121,15 @@ def audit(value, where: str = "") -> list[str]:
 
 def audit_folder(folder) -> list[str]:
     """Absolute paths in the result files of a results tree (JSON, JSON lines and safetensors headers)."""
+    return audit_folder_files(sorted(Path(folder).rglob("*")))
+
+
+def audit_folder_files(files) -> list[str]:
+    """Absolute paths in the given result files (JSON, JSON lines and safetensors headers; others ignored)."""
     from safetensors import safe_open
 
     hits = []
-    for f in sorted(Path(folder).rglob("*")):
+    for f in map(Path, files):
         if f.suffix == ".json":
             hits += audit(json.loads(f.read_text(encoding="utf-8")), str(f))
         elif f.suffix == ".jsonl":
