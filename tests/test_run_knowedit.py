@@ -195,6 +195,7 @@ def test_batch_mode_resume_after_stop_mid_chunk(tiny_run_inputs, tmp_path):
     with pytest.raises(rk.StopAfter):
         run(tiny_run_inputs, out, *args, "stop_after=2")  # stops inside the first chunk of 3
     assert [c["case_id"] for c in read_cases(out)] == [0, 1]
+    assert json.loads((out / "summary.json").read_text())["n_cases"] == 2  # written before stopping
     resumed = run(tiny_run_inputs, out, *args)
     cases = read_cases(out)
     assert sorted(c["case_id"] for c in cases) == [0, 1, 2, 3]  # no loss, no duplicate

@@ -27,6 +27,7 @@ class Runner:
         self.log.append(record)
         self.written += 1
         if self.stop_after is not None and self.written >= self.stop_after:
+            self.write_summary(partial=True)  # the summary counts every case written, the last one included
             raise StopAfter(f"stop_after={self.stop_after}: stopped after writing {self.written} case(s); "
                             "rerun the same command to resume")
 
