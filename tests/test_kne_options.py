@@ -98,14 +98,18 @@ def test_stop_on_accuracy_stops_when_targets_are_argmax(setup):
     assert all(tm.fact_hits(model, fm.tok, fm.facts[:2], target_key="target_new"))
 
 
-def test_kl_subject_keeps_swapped_prompts(setup):
-    fm, reqs, _ = setup
-    prompts = swapped_prompts(reqs, 4, 42)
+def _drift_on_and_off(setup, prompts, last_only: bool, **option) -> tuple[float, float]:
+    """Mean KL from the unedited model on `prompts` after the same edit with `option` on, and off."""
+    fm = setup[0]
     ref = _next_logp(fm.model, fm.tok, prompts)
     plain, _ = _edit(setup, lr=0.05)
-    kl_on, _ = _edit(setup, lr=0.05, kl_subject_weight=5.0)
-    d_plain = _mean_kl(ref, _next_logp(plain, fm.tok, prompts), True)
-    d_kl = _mean_kl(ref, _next_logp(kl_on, fm.tok, prompts), True)
+    on, _ = _edit(setup, lr=0.05, **option)
+    return (_mean_kl(ref, _next_logp(on, fm.tok, prompts), last_only),
+            _mean_kl(ref, _next_logp(plain, fm.tok, prompts), last_only))
+
+
+def test_kl_subject_keeps_swapped_prompts(setup):
+    d_kl, d_plain = _drift_on_and_off(setup, swapped_prompts(setup[1], 4, 42), True, kl_subject_weight=5.0)
     assert d_kl < 0.7 * d_plain, (d_kl, d_plain)
 
 
@@ -116,11 +120,7 @@ def test_kl_essence_keeps_what_follows_the_subject_alone(setup):
     assert len(prompts) == n * len(reqs)
     assert all(r["subject"] in p for i, r in enumerate(reqs) for p in prompts[i * n:(i + 1) * n])
     assert prompts[0] == ESSENCE_TEMPLATES[0].format(reqs[0]["subject"])
-    ref = _next_logp(fm.model, fm.tok, prompts)
-    plain, _ = _edit(setup, lr=0.05)
-    kl_on, _ = _edit(setup, lr=0.05, kl_essence_weight=5.0)
-    d_plain = _mean_kl(ref, _next_logp(plain, fm.tok, prompts), True)
-    d_kl = _mean_kl(ref, _next_logp(kl_on, fm.tok, prompts), True)
+    d_kl, d_plain = _drift_on_and_off(setup, prompts, True, kl_essence_weight=5.0)
     assert d_kl < 0.7 * d_plain, (d_kl, d_plain)
     with pytest.raises(ValueError, match="kl_essence_weight"):
         KNEHyperParams(**BASE, kl_essence_weight=-1)
@@ -130,13 +130,7 @@ def test_kl_essence_keeps_what_follows_the_subject_alone(setup):
 
 
 def test_kl_prompt_keeps_prompt_positions(setup):
-    fm, reqs, _ = setup
-    prompts = [r["prompt"] for r in reqs]
-    ref = _next_logp(fm.model, fm.tok, prompts)
-    plain, _ = _edit(setup, lr=0.05)
-    kl_on, _ = _edit(setup, lr=0.05, kl_prompt_weight=5.0)
-    d_plain = _mean_kl(ref, _next_logp(plain, fm.tok, prompts), False)
-    d_kl = _mean_kl(ref, _next_logp(kl_on, fm.tok, prompts), False)
+    d_kl, d_plain = _drift_on_and_off(setup, [r["prompt"] for r in setup[1]], False, kl_prompt_weight=5.0)
     assert d_kl < 0.7 * d_plain, (d_kl, d_plain)
 
 
