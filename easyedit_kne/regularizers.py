@@ -9,9 +9,10 @@
   prompt, averaged. This asks the update to fire for this subject only: (s', r) keeps its answer.
 
 * `kl_essence_weight`: KL(p_pre ‖ p_post) of the next-token distribution after short prompts about the
-  subject alone (ESSENCE_TEMPLATES: "{subject} is a", ...; ROME's "essence" idea), averaged. This asks the
-  edit to leave what the model says about the subject in other relations as it was (KnowEdit's
-  Forgetfulness locality asks exactly that). It needs request["subject"] (not necessarily in the prompt).
+  subject alone (ESSENCE_TEMPLATES: "{subject} is a", ...; ROME's "essence" idea), averaged. It asks the
+  edit to leave what the model says about the subject alone as it was. Measured on FiNE's dev study
+  (docs/fine.md), it raised counterfact's Relation_Specificity locality (79.0 -> 94.8), not its Forgetfulness.
+  It needs request["subject"] (not necessarily in the prompt).
 
 All references p_pre are computed once before training, with the model unedited. The entities chosen
 for a request depend only on the subject and the seed (a stable hash), so runs are reproducible.
