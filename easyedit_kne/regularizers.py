@@ -70,15 +70,22 @@ def essence_prompts(requests) -> list[str]:
     return out
 
 
-def warn_missing_subjects(requests, weight: float) -> list[int]:
-    """Warn (and return their indices) about requests the subject term cannot use: no `subject`, or one
-    that does not occur in the prompt. Silent skipping would report a regularized edit that was not."""
-    missing = [i for i, r in enumerate(requests)
-               if not isinstance(r.get("subject"), str) or not r["subject"] or r["subject"] not in r["prompt"]]
+def warn_missing_subjects(requests, weight: float, field: str = "kl_subject_weight",
+                          in_prompt: bool = True) -> list[int]:
+    """Warn (and return their indices) about requests a subject term cannot use: no `subject`, or (`in_prompt`)
+    one that does not occur in the prompt. Silent skipping would report a regularized edit that was not."""
+    def usable(r) -> bool:
+        subject = r.get("subject")
+        if not isinstance(subject, str):
+            return False
+        return (bool(subject) and subject in r["prompt"]) if in_prompt else bool(subject.strip())
+
+    missing = [i for i, r in enumerate(requests) if not usable(r)]
     if missing:
-        warnings.warn(f"kl_subject_weight={weight}: request(s) {missing} have no `subject` that occurs in their "
-                      "prompt, so the subject term leaves them unregularized; give each request its subject "
-                      "(EasyEdit: editor.edit(..., subject=[...])) or set kl_subject_weight: 0", stacklevel=3)
+        where = " that occurs in their prompt" if in_prompt else ""
+        warnings.warn(f"{field}={weight}: request(s) {missing} have no `subject`{where}, so the {field} term leaves "
+                      "them unregularized; give each request its subject (EasyEdit: editor.edit(..., subject=[...])) "
+                      f"or set {field}: 0", stacklevel=3)
     return missing
 
 
@@ -143,12 +150,7 @@ class Regularizer:
         self.essence_weight = float(getattr(hparams, "kl_essence_weight", 0.0))
         self.essence = None
         if self.essence_weight:
-            missing = [i for i, r in enumerate(requests) if not isinstance(r.get("subject"), str)
-                       or not r["subject"].strip()]
-            if missing:
-                warnings.warn(f"kl_essence_weight={self.essence_weight}: request(s) {missing} have no `subject`, so "
-                              "the essence term leaves them unregularized; give each request its subject or set "
-                              "kl_essence_weight: 0", stacklevel=2)
+            warn_missing_subjects(requests, self.essence_weight, "kl_essence_weight", in_prompt=False)
             self.essence = prompt_batch(tok, essence_prompts(requests), device)
         self.prompt_ref = None
 

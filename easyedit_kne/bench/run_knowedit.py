@@ -119,11 +119,10 @@ def check_run_config(out: Path, fingerprint: dict, defaults: dict | None = None)
     if path.is_file():
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
-        new = json.loads(json.dumps(fingerprint))
-        if old.get("sha256") != digest and old.get("config") == without_added_defaults(
-                old.get("config") or {}, new, defaults or {}):
-            return str(old["sha256"])
         if old.get("sha256") != digest:
+            new = json.loads(json.dumps(fingerprint))
+            if old.get("config") == without_added_defaults(old.get("config") or {}, new, defaults or {}):
+                return str(old["sha256"])
             changes = _diff(old.get("config", {}), new)
             raise ValueError(
                 f"{out} holds a run with another config ({'; '.join(changes[:8]) or 'see ' + str(path)}); "

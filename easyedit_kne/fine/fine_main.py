@@ -164,24 +164,25 @@ def train_fine(model, batch: EncodedBatch, location: FiNELocation, updates: list
     blocks = [u.block for u in updates]
     opt = torch.optim.Adam(blocks, lr=hparams.lr, weight_decay=hparams.weight_decay)
     stats.trained_holds = False
-    essence = None
-    if hparams.kl_essence_weight:  # only the essence term: FiNE's own KL is fine_loss's
+    essence = None  # only the essence term of regularizers.py: FiNE's own KL is fine_loss's
+    if hparams.kl_essence_weight:
         if tok is None or requests is None:
             raise ValueError("kl_essence_weight needs the tokenizer and the requests (pass tok= and requests=)")
         essence = Regularizer(tok, requests, batch, hparams, device)
+        essence = essence if essence.active else None  # no request with a subject: nothing to keep
 
     def logits_at(ids, mask, pos):
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, pos.to(device)]
 
     with kept_flags(model, freeze=True), Hooks() as hooks, torch.enable_grad():
-        if essence is not None and essence.active:
+        if essence is not None:
             essence.reference(logits_at, batch)  # before the hooks: the unedited model
         for u in updates:
             hooks.forward(u.module, _hook(u))
         for step in tqdm(range(hparams.epochs), desc="FiNE edit", leave=False, disable=not progress):
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
             loss, terms, min_prob = fine_loss(logits, batch, masks, original_logp, blocks, hparams)
-            if essence is not None and essence.active:
+            if essence is not None:
                 loss = loss + essence.essence_term(logits_at)
             value = float(loss.detach())
             stats.losses.append(value)
