@@ -56,6 +56,9 @@ def test_two_trials_resume_and_outputs(fact_model, tmp_path):
     assert len(study.trials) == 3 and len((out / "trials.jsonl").read_text().splitlines()) == 3
     best = (out / "best.yaml").read_text()
     assert best.startswith("# Tuned by `easyedit-kne tune`") and "Dev items: zsre: zsre/ZsRE-test-all.json#200" in best
+    from easyedit_kne.bench.portable import ABSOLUTE
+
+    assert not ABSOLUTE.search(best) and f"folder {out.name})" in best  # committed beside the study: no machine path
     hp = yaml.safe_load(best)
     assert hp["alg_name"] == "KNE" and hp["target_modules"] == ["mlp.down_proj"]
     assert (out / "study.journal").is_file() and (out / "config.yaml").is_file()

@@ -41,7 +41,9 @@ def write_best(out_dir: str, study, cfg: dict, items) -> str | None:
     dev = ", ".join(f"{it.dataset}: {it.ids[0]} .. {it.ids[-1]} ({len(it.ids)})" for it in items)
     obj = cfg["objective"]
     header = [
-        f"# Tuned by `easyedit-kne tune` (study {study.study_name!r}, {out_dir}), trial {best.number} of "
+        # the folder by its name only: best.yaml is committed beside the study, and a machine path must not be
+        f"# Tuned by `easyedit-kne tune` (study {study.study_name!r}, folder "
+        f"{os.path.basename(os.path.normpath(out_dir))}), trial {best.number} of "
         f"{len(done)} complete, {time.strftime('%Y-%m-%d')}.",
         f"# Objective: maximize mean({', '.join(obj.get('maximize', []))}) subject to "
         f"{obj['constraint']['metric']} >= {obj['constraint']['min']} (score {best.value:.2f}).",
