@@ -111,3 +111,19 @@ def test_seeds_run_first_and_bad_seeds_are_refused(fact_model, tmp_path):
     with pytest.raises(ValueError, match="missing \\['init'\\]"):
         run_study(_cfg(seeds=[{k: v for k, v in seed.items() if k != "init"}]), str(tmp_path / "s3"), 1,
                   model=fm.model, tok=fm.tok, knowedit_root=root)
+
+
+def test_progress_bars_show_localization_and_items(fact_model, tmp_path, capsys):
+    """With progress on, a trial shows its items (and the shared localization) as tqdm bars on stderr; off by
+    default for library callers."""
+    fm = fact_model
+    root = _files(tmp_path / "ke", fm.facts, 404)
+    seed = {"target": "mlp.down_proj:in", "p": 5.0, "lr": 0.02, "num_steps": 5, "t_loss": 0.1, "init": "zero",
+            "localization": "shared"}
+    run_study(_cfg(seeds=[seed]), str(tmp_path / "on"), 1, model=fm.model, tok=fm.tok, knowedit_root=root,
+              progress=True)
+    err = capsys.readouterr().err
+    assert "KNE trial" in err and "2/2" in err and "zsre/ZsRE-test-all.json#201" in err
+    assert "KNE attribution" in err  # the shared localization
+    run_study(_cfg(seeds=[seed]), str(tmp_path / "off"), 1, model=fm.model, tok=fm.tok, knowedit_root=root)
+    assert "KNE trial" not in capsys.readouterr().err

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import protocol
 from ..evaluate import compute_edit_quality, finalize_locality_metrics, summarize
@@ -46,10 +47,12 @@ def load_items(datasets: dict, localization_items: int, root=None) -> list[DevIt
 
 
 class Evaluator:
-    def __init__(self, model, tok, method: str, items: list[DevItems], cache_dir: str, fluency: bool = False):
+    def __init__(self, model, tok, method: str, items: list[DevItems], cache_dir: str, fluency: bool = False,
+                 progress: bool = False):
         self.model, self.tok, self.method, self.items = model, tok, method, items
         self.cache_dir = cache_dir
         self.fluency = fluency
+        self.progress = progress  # tqdm bars for the shared localization and each trial's items
         self.pre: dict[str, dict] = {}
         self.ensembles: dict = {}
         os.makedirs(cache_dir, exist_ok=True)
@@ -75,7 +78,7 @@ class Evaluator:
                hparams.p, hparams.ig_steps, hparams.selection_scope, hparams.score_aggregation, len(items.loc_ids))
         if key not in self.ensembles:
             cache = ScoreCache(os.path.join(self.cache_dir, "scores"))
-            ens = localize(self.model, self.tok, items.loc_requests, hparams, cache=cache, progress=False)
+            ens = localize(self.model, self.tok, items.loc_requests, hparams, cache=cache, progress=self.progress)
             ens.metadata["item_ids"] = list(items.loc_ids)
             self.ensembles[key] = ens
         return self.ensembles[key]
@@ -113,7 +116,9 @@ class Evaluator:
         records = []
         order = [(it, i) for i in range(max(len(it.ids) for it in self.items)) for it in self.items
                  if i < len(it.ids)]  # interleave datasets so early pruning sees all of them
-        for step, (items, i) in enumerate(order):
+        bar = tqdm(order, desc=f"{self.method} trial", unit="item", disable=not self.progress)
+        for step, (items, i) in enumerate(bar):
+            bar.set_postfix_str(items.ids[i], refresh=False)
             request, item_id = items.requests[i], items.ids[i]
             if item_id not in self.pre:
                 self.pre[item_id] = self._quality(request, hparams)

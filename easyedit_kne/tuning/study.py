@@ -58,7 +58,7 @@ def write_best(out_dir: str, study, cfg: dict, items) -> str | None:
 
 
 def run_study(cfg: dict, out_dir: str, n_trials: int, model=None, tok=None, knowedit_root=None,
-              study_name: str = "tune", seed: int = 0, timeout: float | None = None):
+              study_name: str = "tune", seed: int = 0, timeout: float | None = None, progress: bool = False):
     """Run (or resume) the study until it holds `n_trials` finished trials (or `timeout` seconds pass)."""
     import optuna
 
@@ -81,7 +81,7 @@ def run_study(cfg: dict, out_dir: str, n_trials: int, model=None, tok=None, know
         for params in cfg.get("seeds") or []:
             study.enqueue_trial(sp.check_seed(params, cfg["space"]))
     evaluator = Evaluator(model, tok, cfg["method"], items, os.path.join(out_dir, "cache"),
-                          fluency=bool(cfg.get("fluency", False)))
+                          fluency=bool(cfg.get("fluency", False)), progress=progress)
     base = dict(cfg.get("base") or {}, alg_name=cfg["method"], model_name=cfg["model"])
     jsonl = os.path.join(out_dir, "trials.jsonl")
 
@@ -151,6 +151,8 @@ def add_parser(sub) -> None:
     p.add_argument("--recent", type=int, default=None, help="recent dev items per trial")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no tqdm bars (the localization and each trial's items show one by default)")
     p.set_defaults(fn=_main)
 
 
@@ -163,7 +165,7 @@ def _main(args) -> int:
     counts = {k: getattr(args, k) for k in ("zsre", "counterfact", "recent") if getattr(args, k) is not None}
     if counts:
         cfg["datasets"] = {**cfg["datasets"], **counts}
-    study = run_study(cfg, args.out, args.n_trials, timeout=args.timeout, seed=args.seed)
+    study = run_study(cfg, args.out, args.n_trials, timeout=args.timeout, seed=args.seed, progress=args.progress)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     print(f"{len(study.trials)} trials ({len(done)} complete) in {args.out}; best: "
           f"{max((t.value for t in done), default=None)}")
