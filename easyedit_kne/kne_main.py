@@ -6,12 +6,12 @@ stands for ΔW restricted to the ensemble's rows (`out` axis) or columns (`in` a
 W + (α/√n)·ΔW. The update is applied as a hook on the module's output in O(n·d) per token:
     in axis:  y += (α/√n) · x[..., idx] @ P              (P: n × d_out)
     out axis: y[..., idx] += (α/√n) · x @ Pᵀ              (P: n × d_in)
-Only P trains (Adam or AdamW on the NLL of the target tokens of all requests together, early stop below
-t_loss). Then the update is added into the weights in place (accumulated in fp32) and every hook is
-removed: the edited model is an ordinary model. Until the merge the weights are never touched, and a
-failure during the merge puts back the slices already written. Whatever fails (bad input, a non-finite
-loss, out of memory, KeyboardInterrupt), the model is left as it was: weights, hooks, requires_grad and
-training flags; an out-of-memory error is re-raised with a message that says so and names the knobs.
+Only P trains (Adam or AdamW on the NLL of the target tokens of all requests together, and with context_prefixes
+also after neutral prefixes, contexts.py; early stop below t_loss). Then the update is added into the weights in
+place (accumulated in fp32) and every hook is removed: the edited model is an ordinary model. Until the merge
+the weights are never touched, and a failure during the merge puts back the slices already written. Whatever
+fails (bad input, a non-finite loss, out of memory, KeyboardInterrupt), the model is left as it was: weights,
+hooks, requires_grad and training flags; an out-of-memory error is re-raised with a message that says so and names the knobs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .contexts import context_requests
 from .edit_artifact import EditRecorder
 from .ensemble import KnowledgeNeuronalEnsemble
 from .hooks import Hooks
@@ -113,6 +114,12 @@ def _columns(of: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(within, of.to(within.device))
 
 
+def _target_hits(logits, labels, positions) -> bool:
+    """Every target token is the argmax (`logits` at `positions`, which predict labels at positions + 1)."""
+    targets = labels[:, positions + 1]
+    return bool(((logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all())
+
+
 def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: EditStats,
                   progress: bool = False, tok=None, requests=None) -> None:
     """Train the blocks on the mean target NLL (+ the KL terms of regularizers.py when their weights are set,
@@ -135,6 +142,13 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
 
         projs = projectors(model, tok, updates, hparams)
         project_(updates, projs)
+    context = None  # the requests again after neutral prefixes (contexts.py), trained on the same target
+    if getattr(hparams, "context_prefixes", 0):
+        if tok is None or requests is None:
+            raise ValueError("context_prefixes needs the tokenizer and the requests (pass tok= and requests=)")
+        context = encode_requests(tok, context_requests(requests, hparams.context_prefixes, hparams.seed),
+                                  hparams.max_length).to(device)
+        context_pos = prediction_positions(context.labels)
     opt = make_optimizer(params, hparams)
     # the main forward computes logits at the target-predicting positions (+ the prompt's, for kl_prompt)
     main_pos = positions if reg.prompt_pos is None else torch.unique(torch.cat([positions, reg.prompt_pos]))
@@ -163,8 +177,16 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
             all_logits = logits_at_positions(model, all_logits, main_pos, batch.input_ids.shape[1])
             logits = all_logits[:, target_cols]
             logp, mask = logprobs_at(logits, batch.labels, positions)
-            # mean NLL of each request's target tokens, averaged over requests
-            loss = -(logp.sum(1) / mask.sum(1).clamp(min=1)).mean()
+            # mean NLL of each request's target tokens, averaged over requests (and their prefixed copies)
+            nll = logp.sum(1) / mask.sum(1).clamp(min=1)
+            hit = _target_hits(logits, batch.labels, positions) if stop_on_accuracy else None
+            if context is not None:
+                c_logits = logits_at(context.input_ids, context.attention_mask, context_pos)
+                c_logp, c_mask = logprobs_at(c_logits, context.labels, context_pos)
+                nll = torch.cat([nll, c_logp.sum(1) / c_mask.sum(1).clamp(min=1)])
+                if stop_on_accuracy:
+                    hit = hit and _target_hits(c_logits, context.labels, context_pos)
+            loss = -nll.mean()
             value = float(loss.detach())
             stats.losses.append(value)
             if not math.isfinite(value):
@@ -172,9 +194,7 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
                     f"KNE edit: the loss became {value} at step {step}; lower lr (now {hparams.lr}) "
                     "or alpha; the model was left unchanged")
             if stop_on_accuracy:
-                targets = batch.labels[:, positions + 1]
-                hit = (logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)
-                if bool(hit.all()):
+                if hit:
                     stats.trained_holds = True
                     break
             elif value < hparams.t_loss:
