@@ -11,7 +11,8 @@ also after neutral prefixes, contexts.py; early stop below t_loss). Then the upd
 place (accumulated in fp32) and every hook is removed: the edited model is an ordinary model. Until the merge
 the weights are never touched, and a failure during the merge puts back the slices already written. Whatever
 fails (bad input, a non-finite loss, out of memory, KeyboardInterrupt), the model is left as it was: weights,
-hooks, requires_grad and training flags; an out-of-memory error is re-raised with a message that says so and names the knobs.
+hooks, requires_grad and training flags; an out-of-memory error is re-raised with a message that says so and
+names the knobs.
 """
 
 from __future__ import annotations
