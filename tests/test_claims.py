@@ -15,7 +15,7 @@ import pytest
 
 from easyedit_kne.bench import claims as cl
 from easyedit_kne.bench import claims_report, dev_split
-from easyedit_kne.bench.claims_data import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, load_sweep
+from easyedit_kne.bench.claims_data import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, NOT_RUN, load_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 N = 16
@@ -24,7 +24,9 @@ METRIC_KEYS = {"Edit Succ.": "edit", "Portability": "port", "Locality": "loc", "
 
 def _record(cid: int, edit: float, port: float, loc: float, flu: float) -> dict:
     post = {"rewrite_acc": [edit / 100], "portability": {"Reasoning_acc": [port / 100]},
-            "locality": {"Relation_Specificity_acc": [loc / 100]}, "fluency": {"ngram_entropy": flu / 100}}
+            "locality": {"Relation_Specificity_acc": [loc / 100]}}
+    if flu is not None:  # None: a run with eval.fluency=false
+        post["fluency"] = {"ngram_entropy": flu / 100}
     return {"case_id": cid, "pre": post, "post": post,
             "timing": {"edit_s": 1.0, "localization_s": 0.0, "eval_s": 1.0}}
 
@@ -35,7 +37,7 @@ def write_level(root: Path, sweep: str, group: str, name: str, edit, port=None, 
     n = len(edit)
     port = [50.0] * n if port is None else port
     loc = [50.0] * n if loc is None else loc
-    flu = [500.0] * n if flu is None else flu
+    flu = [500.0] * n if flu is None else [None] * n if flu is False else flu
     d = root / sweep / group / name
     d.mkdir(parents=True, exist_ok=True)
     with open(d / "cases.jsonl", "w", encoding="utf-8") as f:
@@ -154,6 +156,20 @@ def test_target_module_verdicts(tmp_path, paper_right):
     assert len(lines) == 4
     assert verdicts(lines) == [HOLDS if paper_right else FAILS] * 4
     assert "(out)" in lines[0].measured  # the better axis represents its module
+
+
+def test_target_module_fluency_not_measured_when_the_sweep_skipped_it(tmp_path):
+    """A sweep run with eval.fluency=false: the Fluency line says "not measured", not "inconclusive", and the
+    other lines are still decided."""
+    base = noisy(50, 5)
+    for m in MODULES:
+        loc = 75 if m in cl.LOCAL_GROUP else 50
+        for axis in ("out", "in"):
+            write_level(tmp_path, "target_module", "g", f"module={m},axis={axis}", edit=list(base),
+                        loc=[v - 50 + loc for v in base], flu=False)
+    lines = cl.claims_target_module(load_sweep(tmp_path, "target_module")["g"])
+    assert verdicts(lines)[2:] == [HOLDS, NOT_MEASURED]
+    assert "eval.fluency=false" in lines[3].measured
 
 
 def test_target_module_not_run_without_attention(tmp_path):

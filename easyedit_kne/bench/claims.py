@@ -13,6 +13,7 @@ from .claims_data import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,
+    NOT_MEASURED,
     NOT_RUN,
     Level,
     as_number,
@@ -20,6 +21,7 @@ from .claims_data import (
     contrast,
     directional,
     fmt_ci,
+    item_values,
     mean_of,
     non_inferior,
 )
@@ -37,7 +39,8 @@ RULES = (
     "upper bound is below -{margin}. A claim with several parts holds if every part holds, does not hold if "
     "one part does not hold. Where a claim names the best of several runs (a module's better neuron axis, "
     "the best FFN map), the best is picked by its mean on these items, so those verdicts lean towards "
-    "\"holds\". Missing runs give \"not run\", never a number.")
+    "\"holds\". Missing runs give \"not run\", never a number; a metric the runs did not compute (Fluency with "
+    "eval.fluency=false) gives \"not measured\".")
 
 
 @dataclass
@@ -54,8 +57,12 @@ def _m(level: Level, metric) -> str:
 
 
 def _pair(a: Level, b: Level, la: str, lb: str, metric, rule=directional, **kw) -> tuple[str, str]:
-    ci = contrast([a, b], [1.0, -1.0], metric)
     name = metric if isinstance(metric, str) else "mean(" + ", ".join(metric) + ")"
+    missing = [label for lv, label in ((a, la), (b, lb)) if not item_values(lv, metric)]
+    if missing:
+        why = " (run with eval.fluency=false)" if metric == "Fluency" else ""
+        return f"{name}: not computed in {' and '.join(missing)}{why}", NOT_MEASURED
+    ci = contrast([a, b], [1.0, -1.0], metric)
     text = f"{name}: {la} {_m(a, metric)} vs {lb} {_m(b, metric)}; {la} - {lb} = {fmt_ci(ci)}"
     return text, rule(ci, **kw)
 
@@ -230,4 +237,4 @@ SWEEP_CLAIMS = {"target_module": claims_target_module, "loc_size": claims_loc_si
                 "batch": claims_batch}
 SECTIONS = {"target_module": "§4.3 storage location", "loc_size": "§4.4 localization size",
             "p": "§4.5 share of neurons p", "batch": "§4.6 batch size"}
-__all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_RUN", "RULES", "SWEEP_CLAIMS", "ClaimLine", "sequential_rows"]
+__all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_MEASURED", "NOT_RUN", "RULES", "SWEEP_CLAIMS", "ClaimLine", "sequential_rows"]

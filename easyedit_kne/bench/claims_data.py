@@ -19,6 +19,7 @@ from pathlib import Path
 from easyedit_kne.stats import METRICS, bootstrap_ci, per_case_values
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "does not hold", "inconclusive", "not run"
+NOT_MEASURED = "not measured"  # the runs exist but did not compute the metric (e.g. eval.fluency=false)
 
 
 @dataclass
@@ -142,6 +143,8 @@ def conjunction(verdicts: list[str]) -> str:
         return HOLDS
     if FAILS in verdicts:
         return FAILS
+    if verdicts and all(v == NOT_MEASURED for v in verdicts):
+        return NOT_MEASURED
     return INCONCLUSIVE
 
 

@@ -29,6 +29,16 @@ def _err(cis: list[dict]) -> tuple[list, list, list]:
     return ys, lo, hi
 
 
+def _not_measured(ax, cis: list[dict]) -> bool:
+    """Label a panel whose metric no run computed (Fluency with eval.fluency=false) instead of leaving it blank."""
+    if any(ci.get("mean") is not None for ci in cis):
+        return False
+    ax.text(0.5, 0.5, "not measured\n(eval.fluency=false)", ha="center", va="center", transform=ax.transAxes,
+            fontsize=8, color="0.4")
+    ax.set_yticks([])
+    return True
+
+
 def line_figure(levels: list[Level], key: str, xlabel: str, path: Path, title: str, log_x: bool = False,
                 extra_timing: bool = False) -> Path:
     """Metric vs a numeric sweep parameter (params[key]), error bars = 95% CI."""
@@ -42,8 +52,9 @@ def line_figure(levels: list[Level], key: str, xlabel: str, path: Path, title: s
         if metric == "localization s":
             ax.plot(xs, [(lv.summary.get("timings") or {}).get("localization_s") or 0 for lv in levels], "o-")
         else:
-            ys, lo, hi = _err([c[metric] for c in cis])
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3)
+            if not _not_measured(ax, [c[metric] for c in cis]):
+                ys, lo, hi = _err([c[metric] for c in cis])
+                ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=3)
         if log_x:
             ax.set_xscale("symlog" if min(xs) <= 0 else "log", **({"linthresh": 1} if min(xs) <= 0 else {}))
         ax.set_title(metric)
@@ -64,6 +75,7 @@ def module_figure(levels: list[Level], path: Path, title: str) -> Path:
     width = 0.8 / len(axes_names)
     fig, axs = plt.subplots(1, len(METRICS), figsize=(3.6 * len(METRICS), 3.6), squeeze=False)
     for ax, metric in zip(axs[0], METRICS, strict=True):
+        _not_measured(ax, [c[metric] for c in cell.values()])
         for j, axis in enumerate(axes_names):
             xs = [i - 0.4 + width * (j + 0.5) for i, m in enumerate(modules) if (m, axis) in cell]
             ys, lo, hi = _err([cell[(m, axis)][metric] for m in modules if (m, axis) in cell])
