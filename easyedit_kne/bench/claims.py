@@ -237,4 +237,5 @@ SWEEP_CLAIMS = {"target_module": claims_target_module, "loc_size": claims_loc_si
                 "batch": claims_batch}
 SECTIONS = {"target_module": "§4.3 storage location", "loc_size": "§4.4 localization size",
             "p": "§4.5 share of neurons p", "batch": "§4.6 batch size"}
-__all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_MEASURED", "NOT_RUN", "RULES", "SWEEP_CLAIMS", "ClaimLine", "sequential_rows"]
+__all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_MEASURED", "NOT_RUN", "RULES", "SWEEP_CLAIMS", "ClaimLine",
+           "sequential_rows"]
