@@ -91,9 +91,9 @@ def test_shipped_yamls_load():
     paths = sorted(glob.glob(os.path.join(REPO, "hparams", "FiNE", "*.yaml")))
     names = {os.path.basename(p) for p in paths}
     assert {"smollm2-135m.yaml", "llama-7b.yaml", "llama3-8b.yaml", "gpt-j-6B.yaml"} <= names
-    for p in paths:  # the authors' values everywhere but the dev-tuned smollm2-135m.yaml (study: 60 epochs, KL 30)
+    for p in paths:  # the authors' values everywhere but the dev-tuned smollm2-135m.yaml (dev: 150 epochs, KL 300)
         hp = FiNEHyperParams.from_hparams(p)
-        epochs, alpha = (60, 30) if os.path.basename(p) == "smollm2-135m.yaml" else (50, 1)
+        epochs, alpha = (150, 300) if os.path.basename(p) == "smollm2-135m.yaml" else (50, 1)
         assert (hp.epochs, hp.neuron_num, hp.last_layer, hp.alpha, hp.beta, hp.gamma) == (epochs, 5, 3, alpha, 10, 0.1)
     assert FiNEHyperParams.from_hparams(os.path.join(REPO, "hparams/FiNE/smollm2-135m.yaml")).delta_per == "neuron"
     assert FiNEHyperParams.from_hparams(os.path.join(REPO, "hparams/FiNE/llama-7b.yaml")).lr == 5e-3
