@@ -252,7 +252,8 @@ def test_sweep_configs_are_dev_only(sweep):
         assert len(params["claims.module"].split(",")) == 7 and params["claims.axis"] == "out,in"
         assert cfg.method.hparams.target_modules == ["mlp.down_proj"] and cfg.method.hparams.neuron_axis == "out"
     else:
-        assert params["method"] == "KNE,FT-M,ROME,MEMIT,FiNE" and params["data.size"] == "1,10,50,100"
+        assert params["method"] == "KNE,FT-M,ROME,MEMIT,FiNE" and params["data.size"] == "100"
+        assert list(cfg.checkpoints) == [1, 10, 50] and cfg.edit_mode == "sequential"  # T = 1, 10, 50 on the way
         assert cfg.edit_mode == "sequential"
 
 

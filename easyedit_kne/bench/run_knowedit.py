@@ -60,6 +60,7 @@ from omegaconf import DictConfig
 
 from . import easyedit_methods, portable
 from .case_log import CASES, RESULT_FILES, RUN_CONFIG, StopAfter
+from .checkpoints import checkpoint_sizes, plan_checkpoints
 from .config import CONF_DIR, register_resolvers
 from .evaluator import Evaluator
 from .methods import build_method
@@ -170,6 +171,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         raise ValueError(f"data.shard={cfg.data.shard}: edit_mode=sequential edits every item into one model, so "
                          "it cannot be split into shards; drop data.shard (or use edit_mode=single|batch)")
     chunk_size = 1 if cfg.edit_mode == "single" else int(cfg.batch_size)
+    sizes = checkpoint_sizes(cfg, int(cfg.data.size or 0) or 10**9, chunk_size)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.overwrite:
@@ -217,7 +219,17 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     pre_dir = cfg.get("pre_eval_dir")
     evaluate = Evaluator(cfg, method.max_length, None if pre_dir in (None, "") else _resolve(pre_dir))
     if cfg.edit_mode == "sequential":
-        runner.run_sequential(method, model, tok, requests, case_ids, chunk_size, evaluate, digest)
+        def fingerprint_of(sized, ck_out):
+            return portable.portable_fingerprint(run_fingerprint(sized, method, model_path), sized, ck_out, model,
+                                                 model_path)
+
+        def check_config(ck_out, ck_fingerprint, defaults):
+            portable.migrate_run_config(ck_out, ck_fingerprint, cfg, model_path)
+            return check_run_config(ck_out, ck_fingerprint, defaults)
+
+        plan = plan_checkpoints(cfg, out, sizes, case_ids, runner.context, fingerprint_of=fingerprint_of,
+                                check_config=check_config, defaults=method.hparams_defaults(), runner_cls=Runner)
+        runner.run_sequential(method, model, tok, requests, case_ids, chunk_size, evaluate, digest, plan)
     else:
         runner.run_chunks(method, model, tok, requests, case_ids, chunk_size, evaluate)
     summary = runner.write_summary(partial=False)

@@ -71,32 +71,57 @@ class Runner:
         return model
 
     # -- sequential mode
-    def run_sequential(self, method, model, tok, requests, case_ids, chunk_size, evaluate, digest):
+    def run_sequential(self, method, model, tok, requests, case_ids, chunk_size, evaluate, digest,
+                       checkpoints=()):
+        """Pre-edit metrics of every case, the chunks edited in turn without roll back, post-edit metrics of every
+        case on the model carrying all the edits. `checkpoints` (easyedit_kne/bench/checkpoints.py) are also
+        evaluated on their first T cases when the stream has made their edits; the edited weights are saved
+        before each checkpoint's evaluation and after the last edit, and a rerun goes on from the last save."""
         from tqdm.auto import tqdm
 
         by_id = dict(zip(case_ids, requests, strict=True))
         pending = [cid for cid in case_ids if cid not in self.log.records]
-        if not pending:
+        ck_todo = [ck for ck in checkpoints if ck.pending(case_ids)]
+        if not pending and not ck_todo:
             return model
         pre_log = CaseLog(self.out / PRE_CASES)
         pre_log.load()
-        for cid in tqdm([c for c in pending if c not in pre_log.records], desc="pre-edit metrics",
+        for cid in tqdm([c for c in case_ids if c not in pre_log.records], desc="pre-edit metrics",
                         disable=not self.progress):
             metrics, seconds = evaluate(model, tok, by_id[cid], cid, "pre")
             pre_log.append({"case_id": cid, "pre": metrics, "eval_s": seconds})
+        chunks = [case_ids[i:i + chunk_size] for i in range(0, len(case_ids), chunk_size)]
         state = self.load_sequential_state(model, digest)
         if state is None:
-            chunks = [case_ids[i:i + chunk_size] for i in range(0, len(case_ids), chunk_size)]
-            edit_s = loc_s = 0.0
-            for chunk in tqdm(chunks, desc=f"{method.name} sequential edits", disable=not self.progress):
-                result = method.edit(model, tok, [by_id[cid] for cid in chunk], sequential=True)
-                model = result.model
-                loc = float(result.info.get("localize_seconds") or 0.0)
-                loc_s += loc
-                edit_s += max(0.0, result.info["seconds"] - loc)
-            model = method.finish_sequential(model)
-            state = {"edit_seconds": edit_s, "localize_seconds": loc_s, "n_edits": len(chunks)}
-            self.save_sequential_state(model, method.touched_parameters(), digest, state)
+            state = {"edit_seconds": 0.0, "localize_seconds": 0.0, "n_edits": 0, "touched": []}
+        touched = set(state.get("touched") or [])
+        by_size = {ck.n_items: ck for ck in ck_todo}
+        done_items = min(int(state["n_edits"]) * chunk_size, len(case_ids))
+        for ck in ck_todo:
+            if ck.n_items < done_items:
+                warnings.warn(f"checkpoint T={ck.n_items} ({ck.out}) misses cases, but the saved edit stream is "
+                              f"past it ({done_items} cases edited): run data.size={ck.n_items} on its own, or "
+                              "overwrite=true", stacklevel=2)
+        if done_items in by_size:  # killed during this checkpoint's evaluation: finish it first
+            self._evaluate_into(by_size[done_items], model, tok, by_id, case_ids, pre_log, state, evaluate)
+        for j in tqdm(range(int(state["n_edits"]), len(chunks)), desc=f"{method.name} sequential edits",
+                      disable=not self.progress):
+            result = method.edit(model, tok, [by_id[cid] for cid in chunks[j]], sequential=True)
+            model = result.model
+            loc = float(result.info.get("localize_seconds") or 0.0)
+            state["localize_seconds"] += loc
+            state["edit_seconds"] += max(0.0, result.info["seconds"] - loc)
+            state["n_edits"] = j + 1
+            last = j + 1 == len(chunks)
+            if last:
+                model = method.finish_sequential(model)
+            ck = by_size.get(min((j + 1) * chunk_size, len(case_ids)))
+            if last or ck is not None:
+                touched |= method.touched_parameters()
+                state["touched"] = sorted(touched)
+                self.save_sequential_state(model, touched, digest, state)
+            if ck is not None:
+                self._evaluate_into(ck, model, tok, by_id, case_ids, pre_log, state, evaluate)
         n = len(case_ids)
         for cid in tqdm(pending, desc="post-edit metrics", disable=not self.progress):
             post, post_s = evaluate(model, tok, by_id[cid], cid, "post")
@@ -108,6 +133,21 @@ class Runner:
             if len(self.log.records) % 10 == 0:
                 self.write_summary(partial=True)
         return model
+
+    def _evaluate_into(self, ck, model, tok, by_id, case_ids, pre_log, state, evaluate) -> None:
+        """Checkpoint `ck`: post-edit metrics of its first T cases on the model after T edited cases."""
+        from tqdm.auto import tqdm
+
+        ids = case_ids[:ck.n_items]
+        for cid in tqdm(ck.pending(case_ids), desc=f"checkpoint T={ck.n_items}", disable=not self.progress):
+            post, post_s = evaluate(model, tok, by_id[cid], cid, "post")
+            pre = pre_log.records[cid]
+            case = finalize_case(pre["pre"], post, by_id[cid])
+            ck.runner.write_case(self._record(cid, by_id[cid], case, {},
+                                              float(state["edit_seconds"]) / ck.n_items,
+                                              float(state["localize_seconds"]) / ck.n_items,
+                                              pre["eval_s"] + post_s, [ids[0], ids[-1]]))
+        ck.runner.write_summary(partial=False)
 
     def save_sequential_state(self, model, names, digest, state) -> None:
         from safetensors.torch import save_file
