@@ -194,6 +194,8 @@ class KNEHyperParams(HyperParamsBase):
     kl_subject_count: int = 4  # swapped entities per request (from easyedit_kne/data/entities.txt)
     kl_essence_weight: float = 0.0  # KL to the pre-edit next token after "{subject} is a", "{subject} was", ...
     context_prefixes: int = 0  # also train each prompt after this many neutral prefixes (easyedit_kne/contexts.py)
+    subject_variants: int = 0  # also train each prompt with up to this many surface variants of its subject
+    #                            (no diacritics, plain hyphens, no middle initials: easyedit_kne/subject_variants.py)
     nullspace: bool = False  # project the update onto the null space of preserved-key statistics
     nullspace_text: str | None = None  # .txt (one text a line) or KnowEdit JSON; None: KnowEdit WikiBio
     nullspace_samples: int = 200  # texts used for the statistics
@@ -209,7 +211,8 @@ class KNEHyperParams(HyperParamsBase):
         if self.model_name is None or (isinstance(self.model_name, str) and not self.model_name):
             raise ValueError("model_name is required: an HF path/id, a config name, or a (model, tok) tuple")
         for name in ("batch_size", "max_length", "ig_steps", "ig_batch_size", "ig_request_batch", "localization_size",
-                     "num_steps", "seed", "kl_subject_count", "context_prefixes", "nullspace_samples"):
+                     "num_steps", "seed", "kl_subject_count", "context_prefixes", "subject_variants",
+                     "nullspace_samples"):
             setattr(self, name, _as_number(name, getattr(self, name), int))
         for name in ("p", "lr", "weight_decay", "alpha", "t_loss", "kl_prompt_weight", "kl_subject_weight",
                      "kl_essence_weight", "nullspace_threshold"):
@@ -236,6 +239,8 @@ class KNEHyperParams(HyperParamsBase):
                      allowed="a finite number >= 0 (0 = off)")
         _check_range("context_prefixes", self.context_prefixes, 0, None,
                      allowed="an integer >= 0 (prefixed copies of each prompt trained; 0 = off)")
+        _check_range("subject_variants", self.subject_variants, 0, None,
+                     allowed="an integer >= 0 (subject variants of each prompt trained; 0 = off)")
         _check_range("nullspace_samples", self.nullspace_samples, 1, None, allowed="an integer >= 1")
         _check_range("nullspace_threshold", self.nullspace_threshold, 0, 1, lo_open=True,
                      allowed="0 < threshold <= 1 (fraction of the largest eigenvalue)")

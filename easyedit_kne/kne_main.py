@@ -33,6 +33,7 @@ from .localization import load_ensemble_once, localized_ensemble
 from .merge import SparseUpdate, merge_checked, merge_updates
 from .model_flags import kept_flags
 from .modules import check_not_offloaded, targets_from_hparams
+from .subject_variants import variant_requests
 from .tokens import IGNORE_INDEX, check_requests, encode_requests, logprobs_at, prediction_positions
 
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5: cuda's
@@ -143,13 +144,18 @@ def train_updates(model, batch, updates: list[SparseUpdate], hparams, stats: Edi
 
         projs = projectors(model, tok, updates, hparams)
         project_(updates, projs)
-    context = None  # the requests again after neutral prefixes (contexts.py), trained on the same target
-    if getattr(hparams, "context_prefixes", 0):
+    # the requests again after neutral prefixes (contexts.py) and with variants of their subject
+    # (subject_variants.py), trained on the same target
+    context = None
+    n_prefixes, n_variants = getattr(hparams, "context_prefixes", 0), getattr(hparams, "subject_variants", 0)
+    if n_prefixes or n_variants:
         if tok is None or requests is None:
-            raise ValueError("context_prefixes needs the tokenizer and the requests (pass tok= and requests=)")
-        context = encode_requests(tok, context_requests(requests, hparams.context_prefixes, hparams.seed),
-                                  hparams.max_length).to(device)
-        context_pos = prediction_positions(context.labels)
+            raise ValueError("context_prefixes and subject_variants need the tokenizer and the requests (pass tok= "
+                             "and requests=)")
+        extra = context_requests(requests, n_prefixes, hparams.seed) + variant_requests(requests, n_variants)
+        if extra:
+            context = encode_requests(tok, extra, hparams.max_length).to(device)
+            context_pos = prediction_positions(context.labels)
     opt = make_optimizer(params, hparams)
     # the main forward computes logits at the target-predicting positions (+ the prompt's, for kl_prompt)
     main_pos = positions if reg.prompt_pos is None else torch.unique(torch.cat([positions, reg.prompt_pos]))
