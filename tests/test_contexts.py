@@ -5,11 +5,9 @@ import copy
 
 import pytest
 import tiny_models as tm
-import torch
 
 from easyedit_kne import EditStats, KNEHyperParams, apply_kne_to_model, localize
 from easyedit_kne.contexts import choose_prefixes, context_requests, prefixes
-from easyedit_kne.tokens import encode_requests, target_logprobs
 
 BASE = dict(model_name="fact-model", ig_steps=4, p=5.0, num_steps=15, lr=0.02, t_loss=0.0)
 
@@ -29,14 +27,6 @@ def test_prefixes_shipped_deterministic_and_distinct():
         KNEHyperParams(**BASE, context_prefixes=-1)
 
 
-@torch.no_grad()
-def _target_nll(model, tok, requests) -> float:
-    batch = encode_requests(tok, requests, 40)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logp, mask = target_logprobs(logits, batch.labels)
-    return float(-(logp.sum(1) / mask.sum(1)).mean())
-
-
 def test_edit_trained_after_prefixes_holds_there(fact_model):
     fm = fact_model
     reqs = tm.edit_requests(fm.facts[:2])
@@ -51,12 +41,8 @@ def test_edit_trained_after_prefixes_holds_there(fact_model):
     plain, s_plain = edit()
     ctx, s_ctx = edit(context_prefixes=3)
     assert s_ctx.losses[0] != pytest.approx(s_plain.losses[0])  # the prefixed copies are in the loss
-    assert _target_nll(ctx, fm.tok, prefixed) < 0.8 * _target_nll(plain, fm.tok, prefixed)
+    assert tm.target_nll(ctx, fm.tok, prefixed) < 0.8 * tm.target_nll(plain, fm.tok, prefixed)
     # stop_on accuracy waits for the prefixed copies too: every target token is the argmax after them
     model, stats = edit(context_prefixes=3, stop_on="accuracy", num_steps=80)
     assert stats.trained_holds and stats.steps < 80
-    batch = encode_requests(fm.tok, prefixed, 40)
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    at = batch.labels[:, 1:] != -100
-    assert bool((logits[:, :-1].argmax(-1)[at] == batch.labels[:, 1:][at]).all())
+    assert tm.targets_are_argmax(model, fm.tok, prefixed)

@@ -4,11 +4,10 @@ them holds under the variant spelling (and the same edit without the option hold
 import copy
 
 import pytest
-import torch
+import tiny_models as tm
 
 from easyedit_kne import EditStats, KNEHyperParams, apply_kne_to_model, localize
 from easyedit_kne.subject_variants import ascii_fold, subject_variants, variant_requests
-from easyedit_kne.tokens import encode_requests, target_logprobs
 
 BASE = dict(model_name="fact-model", ig_steps=4, p=5.0, num_steps=15, lr=0.02, t_loss=0.0)
 
@@ -40,14 +39,6 @@ def test_variant_requests_and_validation():
         KNEHyperParams(**BASE, subject_variants=-1)
 
 
-@torch.no_grad()
-def _target_nll(model, tok, requests) -> float:
-    batch = encode_requests(tok, requests, 40)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logp, mask = target_logprobs(logits, batch.labels)
-    return float(-(logp.sum(1) / mask.sum(1)).mean())
-
-
 def test_edit_trained_on_variants_holds_under_them(fact_model):
     fm = fact_model
     reqs = []
@@ -67,12 +58,8 @@ def test_edit_trained_on_variants_holds_under_them(fact_model):
     plain, s_plain = edit()
     var, s_var = edit(subject_variants=1)
     assert s_var.losses[0] != pytest.approx(s_plain.losses[0])  # the variant copies are in the loss
-    assert _target_nll(var, fm.tok, variants) < 0.8 * _target_nll(plain, fm.tok, variants)
+    assert tm.target_nll(var, fm.tok, variants) < 0.8 * tm.target_nll(plain, fm.tok, variants)
     # stop_on accuracy waits for the variants too: every target token is the argmax under them
     model, stats = edit(subject_variants=1, stop_on="accuracy", num_steps=80)
     assert stats.trained_holds and stats.steps < 80
-    batch = encode_requests(fm.tok, variants, 40)
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    at = batch.labels[:, 1:] != -100
-    assert bool((logits[:, :-1].argmax(-1)[at] == batch.labels[:, 1:][at]).all())
+    assert tm.targets_are_argmax(model, fm.tok, variants)

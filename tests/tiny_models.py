@@ -386,3 +386,25 @@ def same_state(model, state) -> bool:
 
 def no_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@torch.no_grad()
+def target_nll(model, tok, requests, max_length: int = 40) -> float:
+    """Mean over requests of the target tokens' mean NLL (teacher forced)."""
+    from easyedit_kne.tokens import encode_requests, target_logprobs
+
+    batch = encode_requests(tok, requests, max_length)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logp, mask = target_logprobs(logits, batch.labels)
+    return float(-(logp.sum(1) / mask.sum(1)).mean())
+
+
+@torch.no_grad()
+def targets_are_argmax(model, tok, requests, max_length: int = 40) -> bool:
+    """Every target token of every request is the model's argmax (teacher forced)."""
+    from easyedit_kne.tokens import encode_requests
+
+    batch = encode_requests(tok, requests, max_length)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    at = batch.labels[:, 1:] != -100
+    return bool((logits[:, :-1].argmax(-1)[at] == batch.labels[:, 1:][at]).all())
