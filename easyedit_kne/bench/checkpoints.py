@@ -36,8 +36,9 @@ class Checkpoint:
         return [cid for cid in case_ids[:self.n_items] if cid not in self.runner.log.records]
 
 
-def checkpoint_sizes(cfg, n_items: int, chunk_size: int) -> list[int]:
-    """The validated, sorted checkpoint sizes of `cfg.checkpoints` (empty: none)."""
+def checkpoint_sizes(cfg, n_items: int | None, chunk_size: int) -> list[int]:
+    """The validated, sorted checkpoint sizes of `cfg.checkpoints` (empty: none); `n_items` is data.size (None:
+    the whole file, checked against the items found by plan_checkpoints)."""
     raw = cfg.get("checkpoints")
     if raw in (None, "", []):
         return []
@@ -51,7 +52,7 @@ def checkpoint_sizes(cfg, n_items: int, chunk_size: int) -> list[int]:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"checkpoints: {v!r} is not a number of items >= 1 (e.g. checkpoints=[1,10,50])")
-        if v >= n_items:
+        if n_items is not None and v >= n_items:
             raise ValueError(f"checkpoints: {v} is not below the run's {n_items} items (the run itself evaluates "
                              f"all {n_items}); give sizes below data.size")
         if v % chunk_size:

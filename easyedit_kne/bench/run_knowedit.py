@@ -171,7 +171,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         raise ValueError(f"data.shard={cfg.data.shard}: edit_mode=sequential edits every item into one model, so "
                          "it cannot be split into shards; drop data.shard (or use edit_mode=single|batch)")
     chunk_size = 1 if cfg.edit_mode == "single" else int(cfg.batch_size)
-    sizes = checkpoint_sizes(cfg, int(cfg.data.size or 0) or 10**9, chunk_size)
+    sizes = checkpoint_sizes(cfg, None if cfg.data.size is None else int(cfg.data.size), chunk_size)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     if cfg.overwrite:

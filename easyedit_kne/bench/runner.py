@@ -122,32 +122,30 @@ class Runner:
                 self.save_sequential_state(model, touched, digest, state)
             if ck is not None:
                 self._evaluate_into(ck, model, tok, by_id, case_ids, pre_log, state, evaluate)
-        n = len(case_ids)
-        for cid in tqdm(pending, desc="post-edit metrics", disable=not self.progress):
-            post, post_s = evaluate(model, tok, by_id[cid], cid, "post")
-            pre = pre_log.records[cid]
-            case = finalize_case(pre["pre"], post, by_id[cid])
-            self.write_case(self._record(cid, by_id[cid], case, {}, float(state["edit_seconds"]) / n,
-                                         float(state["localize_seconds"]) / n, pre["eval_s"] + post_s,
-                                         [case_ids[0], case_ids[-1]]))
-            if len(self.log.records) % 10 == 0:
-                self.write_summary(partial=True)
+        self._post_cases(self, case_ids, model, tok, by_id, pre_log, state, evaluate, "post-edit metrics")
         return model
 
     def _evaluate_into(self, ck, model, tok, by_id, case_ids, pre_log, state, evaluate) -> None:
         """Checkpoint `ck`: post-edit metrics of its first T cases on the model after T edited cases."""
+        self._post_cases(ck.runner, case_ids[:ck.n_items], model, tok, by_id, pre_log, state, evaluate,
+                         f"checkpoint T={ck.n_items}")
+        ck.runner.write_summary(partial=False)
+
+    def _post_cases(self, sink, ids, model, tok, by_id, pre_log, state, evaluate, desc) -> None:
+        """Post-edit metrics of the cases `ids` that `sink` (this runner or a checkpoint's) has not written, on the
+        model after their len(ids) edited cases; the stream's edit time so far is shared out over them."""
         from tqdm.auto import tqdm
 
-        ids = case_ids[:ck.n_items]
-        for cid in tqdm(ck.pending(case_ids), desc=f"checkpoint T={ck.n_items}", disable=not self.progress):
+        n = len(ids)
+        for cid in tqdm([c for c in ids if c not in sink.log.records], desc=desc, disable=not self.progress):
             post, post_s = evaluate(model, tok, by_id[cid], cid, "post")
             pre = pre_log.records[cid]
             case = finalize_case(pre["pre"], post, by_id[cid])
-            ck.runner.write_case(self._record(cid, by_id[cid], case, {},
-                                              float(state["edit_seconds"]) / ck.n_items,
-                                              float(state["localize_seconds"]) / ck.n_items,
-                                              pre["eval_s"] + post_s, [ids[0], ids[-1]]))
-        ck.runner.write_summary(partial=False)
+            sink.write_case(self._record(cid, by_id[cid], case, {}, float(state["edit_seconds"]) / n,
+                                         float(state["localize_seconds"]) / n, pre["eval_s"] + post_s,
+                                         [ids[0], ids[-1]]))
+            if len(sink.log.records) % 10 == 0:
+                sink.write_summary(partial=True)
 
     def save_sequential_state(self, model, names, digest, state) -> None:
         from safetensors.torch import save_file
