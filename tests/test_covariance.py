@@ -53,3 +53,27 @@ def test_second_moments_equal_a_full_pass_and_skip_the_layers_above(tiny_llama, 
         mom, count = got[n]
         assert count == want_n[n] == sum(len(tiny_tok(t)["input_ids"]) for t in TEXTS)
         torch.testing.assert_close(mom, want[n], rtol=1e-12, atol=1e-12)
+
+
+def test_the_recorded_text_source_is_the_same_for_a_relative_and_an_absolute_knowedit_dir(tmp_path, monkeypatch):
+    """run_config.json records the covariance texts' source; written portable it must not depend on how
+    KNOWEDIT_DIR is spelled, or the resume check refuses a run restarted with the other spelling."""
+    import json
+
+    from easyedit_kne.bench.covariance import covariance_plan
+    from easyedit_kne.bench.portable import portable_text
+
+    kd = tmp_path / "data" / "knowedit"
+    (kd / "wikibio").mkdir(parents=True)
+    for name in ("wikibio-train-all.json", "wikibio-test-all.json"):
+        (kd / "wikibio" / name).write_text(json.dumps([{"text": "Morn is a city", "labels": "in Velaria"}]))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    roots = [(str(kd.resolve()), "${knowedit_dir}")]
+    relative = covariance_plan(None, "../data/knowedit", max_texts=10)
+    absolute = covariance_plan(None, str(kd), max_texts=10)
+    assert relative.texts == absolute.texts == ["Morn is a city in Velaria"] * 2
+    want = ("KnowEdit WikiBio passages (text + labels): ${knowedit_dir}/wikibio/wikibio-train-all.json, "
+            "${knowedit_dir}/wikibio/wikibio-test-all.json")
+    assert portable_text(relative.source, roots) == portable_text(absolute.source, roots) == want

@@ -68,7 +68,10 @@ def covariance_plan(text_file: str | None, knowedit_dir: str | None, max_texts: 
             texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         source = str(path)
     else:
-        base = Path(knowedit_dir or "").expanduser()
+        # resolved, so run_config.json records ${knowedit_dir}/wikibio/... (bench/portable.py) however KNOWEDIT_DIR
+        # is written (a relative KNOWEDIT_DIR once left its relative text there, and the resume check then refused
+        # the same run started with an absolute one)
+        base = Path(knowedit_dir or "").expanduser().resolve()
         files = [base / "wikibio" / "wikibio-train-all.json", base / "wikibio" / "wikibio-test-all.json"]
         if not all(f.is_file() for f in files):
             raise FileNotFoundError(
