@@ -11,6 +11,7 @@ import tiny_models as tm
 from test_run_knowedit import knowedit_records
 
 from easyedit_kne.bench import bench_eval
+from easyedit_kne.bench.portable import audit
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ def _run(root, *extra) -> tuple[int, dict]:
 def test_bench_eval_reports_identical_values_and_the_fluency_ceiling(inputs, capsys):
     rc, report = _run(inputs)
     assert rc == 0 and report["identical"] is True
+    assert audit(report) == [] and report["items"].startswith("${elsewhere}/zsre-tiny.json")  # no machine path
     per = report["seconds_per_case"]
     assert set(per) == {"today", "new_cold", "new_warm", "fluency_alone"} and all(v > 0 for v in per.values())
     assert report["ratio_ceiling"] == pytest.approx(per["today"] / per["fluency_alone"])
