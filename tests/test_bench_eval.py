@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_models as tm
-from test_run_knowedit import knowedit_records
+from test_run_knowedit import write_tiny_run_inputs
 
 from easyedit_kne.bench import bench_eval
 from easyedit_kne.bench.portable import audit
@@ -16,11 +15,8 @@ from easyedit_kne.bench.portable import audit
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    fm = tm.get_fact_model()
     root = tmp_path_factory.mktemp("bench-eval")
-    fm.model.save_pretrained(root / "tiny-llama")
-    fm.tok.save_pretrained(root / "tiny-llama")
-    (root / "zsre-tiny.json").write_text(json.dumps(knowedit_records()), encoding="utf-8")
+    write_tiny_run_inputs(root)
     return root
 
 

@@ -48,16 +48,20 @@ def knowedit_records(n: int = N_RECORDS) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_run_inputs(tmp_path_factory):
+def write_tiny_run_inputs(root):
+    """The tiny fact model saved to root/tiny-llama and a KnowEdit-format file of its facts: (model dir, file)."""
     fm = tm.get_fact_model()
-    root = tmp_path_factory.mktemp("knowedit")
     model_dir = root / "tiny-llama"
     fm.model.save_pretrained(model_dir)
     fm.tok.save_pretrained(model_dir)
     data = root / "zsre-tiny.json"
     data.write_text(json.dumps(knowedit_records()), encoding="utf-8")
     return model_dir, data
+
+
+@pytest.fixture(scope="module")
+def tiny_run_inputs(tmp_path_factory):
+    return write_tiny_run_inputs(tmp_path_factory.mktemp("knowedit"))
 
 
 KNE_FAST = ("method.hparams.ig_steps=4", "method.hparams.num_steps=8", "method.hparams.p=5")

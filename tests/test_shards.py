@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import tiny_models as tm
-from test_run_knowedit import METRIC_KEYS, SCRIPTS, knowedit_records, overrides, read_cases, run
+from test_run_knowedit import METRIC_KEYS, SCRIPTS, overrides, read_cases, run, write_tiny_run_inputs
 
 from easyedit_kne.bench import compare
 from easyedit_kne.bench import shards as sh
@@ -23,12 +22,7 @@ FAST = ("data.size=4", "eval.fluency=false")
 @pytest.fixture(scope="module")
 def tiny_run_inputs(tmp_path_factory):
     """The tiny fact model saved to a folder and a KnowEdit-format file of its facts (as test_run_knowedit)."""
-    fm = tm.get_fact_model()
-    root = tmp_path_factory.mktemp("shards")
-    fm.model.save_pretrained(root / "tiny-llama")
-    fm.tok.save_pretrained(root / "tiny-llama")
-    (root / "zsre-tiny.json").write_text(json.dumps(knowedit_records()), encoding="utf-8")
-    return root / "tiny-llama", root / "zsre-tiny.json"
+    return write_tiny_run_inputs(tmp_path_factory.mktemp("shards"))
 
 
 def test_parse_and_select_shards():
