@@ -117,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
           f"same values can be more than x{report['ratio_ceiling']:.2f} faster than today here")
     if args.json:  # committed beside the runs: no machine path (portable.py), the KnowEdit folder named
         from .config import repo_root
-        from .portable import portable
+        from .portable import portable, roots
 
-        roots = [(form, name) for path, name in ((root, "${knowedit_dir}"), (repo_root(), "")) if path is not None
-                 for form in dict.fromkeys((os.path.realpath(path), os.path.abspath(path)))]
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(portable(report, sorted(roots, key=lambda r: -len(r[0]))), f, indent=2)
+            json.dump(portable(report, roots([(root, "${knowedit_dir}"), (repo_root(), "")])), f, indent=2)
     return 0 if identical else 1
 
 

@@ -51,6 +51,11 @@ def run_roots(cfg, out, model_path: str | None = None) -> list[tuple[str, str]]:
     easyedit = cfg.get("easyedit") or {}
     pairs += [(easyedit.get("path"), "${easyedit.path}"), (easyedit.get("stats_dir"), "${easyedit.stats_dir}"),
               (repo_root(), ""), (PACKAGE_DIR.parent, ""), (os.getcwd(), "")]
+    return roots(pairs)
+
+
+def roots(pairs) -> list[tuple[str, str]]:
+    """(absolute prefix, placeholder) pairs from (path, placeholder) pairs, longest prefix first; None skipped."""
     seen, result = set(), []
     for path, name in pairs:
         # the resolved form and the form as written (links kept): text may hold either
